@@ -1,0 +1,1 @@
+"""One module per subcommand group; ``cli.py`` only registers them."""

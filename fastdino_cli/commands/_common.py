@@ -1,0 +1,33 @@
+"""Options shared by several subcommands (defined once, as ``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fastdino_cli.errors import NotAvailableError
+
+OVERRIDES_HELP = "Config overrides as dotted key=value pairs, e.g. optim.base_lr=1e-3."
+
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Preset name (see `fastdino presets list`).")
+]
+ConfigFileOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file merged over the preset.")
+]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
+CheckpointsArg = Annotated[
+    list[Path], typer.Argument(help="One or more fastdino checkpoints (.pt).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def not_available(command: str, issue: int) -> None:
+    """What a registered but not yet built subcommand does: one line, exit code 2."""
+    raise NotAvailableError(
+        f"`fastdino {command}` is not available yet (tracked in issue #{issue})"
+    )

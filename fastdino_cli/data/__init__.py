@@ -1,0 +1,1 @@
+"""Image folders, multi-crop views, iBOT masks and the embedded demo dataset."""

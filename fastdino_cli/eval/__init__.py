@@ -1,0 +1,1 @@
+"""Evaluations on frozen teacher features: probes, ImageNet-C, Fourier heatmaps, Grad-CAM."""

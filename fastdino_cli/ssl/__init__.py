@@ -1,0 +1,1 @@
+"""The DINOv2 objective: losses and the student/teacher module."""

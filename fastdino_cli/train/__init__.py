@@ -1,0 +1,1 @@
+"""The pretraining loop, schedules, the frequency curriculum and FLOPs accounting."""

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fastdino_cli.config import (
+    Config,
+    apply_override,
+    config_to_yaml,
+    list_presets,
+    load_config_yaml,
+    parse_override,
+    resolve_config,
+)
+from fastdino_cli.errors import ConfigError
+
+
+def test_every_preset_resolves_and_round_trips():
+    names = list_presets()
+    for required in (
+        "demo",
+        "demo-dinov2",
+        "vits16-in100",
+        "vits16-in100-dinov2",
+        "vitb16-in1k",
+        "vitb16-in1k-dinov2",
+    ):
+        assert required in names and names[required]
+    for name in names:
+        cfg = resolve_config(name)
+        assert cfg.preset == name
+        again = load_config_yaml(config_to_yaml(cfg))
+        assert again == cfg
+
+
+def test_precedence_defaults_preset_file_overrides(tmp_path):
+    assert Config().optim.base_lr == 0.004
+    cfg = resolve_config("demo")
+    assert cfg.optim.base_lr == 0.002  # demo-dinov2 sets it, demo inherits it
+    assert cfg.model.img_size == 32  # demo overrides demo-dinov2's 64
+    assert cfg.model.embed_dim == 128  # inherited through extends
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  base_lr: 0.01\ntrain:\n  seed: 7\n")
+    cfg = resolve_config("demo", f)
+    assert cfg.optim.base_lr == 0.01 and cfg.train.seed == 7
+    cfg = resolve_config("demo", f, ["optim.base_lr=1e-3"])
+    assert cfg.optim.base_lr == 0.001 and cfg.train.seed == 7
+
+
+def test_paper_presets_hold_the_recipe():
+    fast = resolve_config("vitb16-in1k")
+    base = resolve_config("vitb16-in1k-dinov2")
+    assert fast.model.arch == base.model.arch == "vit_base"
+    assert [s.end for s in fast.curriculum.stages] == [0.75, 1.0]
+    s1, s2 = fast.curriculum.stages
+    assert (s1.global_crops_size, s1.local_crops_size, s1.schedule_epochs) == (112, 48, 200)
+    assert (s2.global_crops_size, s2.local_crops_size) == (224, 96)
+    assert s2.restart and s2.warmup_epochs == 5 and s2.noise_patching.enabled
+    assert s2.noise_patching.max_sigma == 0.2
+    assert fast.optim.epochs == 200 and fast.train.epoch_length == 2500
+    assert base.model.drop_path_rate == 0.1 and base.train.batch_size_per_gpu == 128
+    in100 = resolve_config("vits16-in100")
+    assert in100.curriculum.stages[1].warmup_epochs == 10
+    assert in100.model.img_size == 112
+    # the probabilities that actually ran in DINOv2 / FastDINOv2
+    c = fast.crops
+    assert (c.blur_prob_global1, c.blur_prob_global2, c.blur_prob_local) == (0.0, 0.9, 0.5)
+    assert c.solarize_prob_global2 == 0.2
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"optim\.base_rl.*did you mean 'optim\.base_lr'"):
+        resolve_config("demo", overrides=["optim.base_rl=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'optimm'.*'optim'"):
+        resolve_config(overrides=["optimm.base_lr=1"])
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  archh: vit_base\n")
+    with pytest.raises(ConfigError, match=r"model\.archh.*model\.arch"):
+        resolve_config(config_file=f)
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"optim\.base_lr.*-1"):
+        resolve_config(overrides=["optim.base_lr=-1"])
+    with pytest.raises(ConfigError, match=r"model\.arch"):
+        resolve_config(overrides=["model.arch=vit_huge"])
+    with pytest.raises(ConfigError, match="stage ends must increase"):
+        resolve_config("demo", overrides=["curriculum.stages.1.end=0.5"])
+    with pytest.raises(ConfigError, match="out of range"):
+        resolve_config("demo", overrides=["curriculum.stages.5.end=0.5"])
+    with pytest.raises(ConfigError, match="unknown preset 'demoo'.*'demo'"):
+        resolve_config("demoo")
+    with pytest.raises(ConfigError, match="key=value"):
+        resolve_config(overrides=["optim.base_lr"])
+
+
+def test_override_values_are_yaml_typed():
+    assert parse_override("optim.base_lr=1e-3") == ("optim.base_lr", 0.001)
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=null") == ("a.b", None)
+    assert parse_override("data.train=/x/y") == ("data.train", "/x/y")
+    cfg = resolve_config("demo", overrides=["curriculum.stages.0.global_crops_size=40"])
+    assert cfg.curriculum.stages[0].global_crops_size == 40
+    cfg = resolve_config(overrides=["crops.blur_sigma=[0.2, 3]"])
+    assert cfg.crops.blur_sigma == (0.2, 3.0)
+
+
+def test_apply_override_does_not_mutate_input():
+    data = {"optim": {"base_lr": 1.0}}
+    out = apply_override(data, "optim.base_lr", 2.0)
+    assert data["optim"]["base_lr"] == 1.0 and out["optim"]["base_lr"] == 2.0
+
+
+def test_yaml_output_is_plain():
+    text = config_to_yaml(resolve_config("vitb16-in1k"))
+    data = yaml.safe_load(text)
+    assert data["preset"] == "vitb16-in1k"
+    assert data["crops"]["global_crops_scale"] == [0.32, 1.0]
