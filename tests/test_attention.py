@@ -11,7 +11,8 @@ import torch
 from fastdino_cli.config import ModelConfig
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.model import attention as att
-from fastdino_cli.model.vit import Block, build_vit, residual
+from fastdino_cli.model.attention import group_shapes
+from fastdino_cli.model.vit import Block, build_vit, cat_groups, residual, split_groups
 
 
 def tiny_double(**kw):
@@ -131,12 +132,17 @@ def _branch(x, shapes):
     return 2 * x + 1
 
 
+def _groups():
+    xs = [torch.randn(8, 3, 2), torch.randn(5, 2, 2)]
+    return xs, cat_groups(xs), group_shapes(xs)
+
+
 @pytest.mark.parametrize("efficient", [False, True])
 def test_drop_path_identity_at_rate_zero(efficient):
-    xs = [torch.randn(4, 3, 2), torch.randn(5, 2, 2)]
-    out = residual(xs, _branch, 0.0, efficient)
-    for x, o in zip(xs, out, strict=True):
-        torch.testing.assert_close(o, x + _branch(x, None))
+    xs, x, shapes = _groups()
+    out = split_groups(residual(x, shapes, _branch, 0.0, efficient), shapes)
+    for a, o in zip(xs, out, strict=True):
+        torch.testing.assert_close(o, a + _branch(a, None))
 
 
 def test_efficient_drop_path_runs_branch_on_kept_subset_only():
@@ -144,34 +150,45 @@ def test_efficient_drop_path_runs_branch_on_kept_subset_only():
     seen = []
 
     def branch(x, shapes):
-        seen.append(shapes)
+        seen.append((tuple(x.shape), shapes))
         return _branch(x, shapes)
 
-    xs = [torch.randn(8, 3, 2), torch.randn(5, 2, 2)]
-    out = residual(xs, branch, 0.4, efficient=True)
-    assert seen == [((4, 3), (3, 2))]  # int(8 * 0.6) = 4, int(5 * 0.6) = 3
-    for x, o, kept in zip(xs, out, (4, 3), strict=True):
-        changed = (o != x).flatten(1).any(1)
+    xs, x, shapes = _groups()
+    out = split_groups(residual(x, shapes, branch, 0.4, efficient=True), shapes)
+    # int(8 * 0.6) = 4 and int(5 * 0.6) = 3 samples: 4*3 + 3*2 = 18 token rows
+    assert seen == [((18, 2), ((4, 3), (3, 2)))]
+    for a, o, kept in zip(xs, out, (4, 3), strict=True):
+        changed = (o != a).flatten(1).any(1)
         assert int(changed.sum()) == kept
-        scale = x.shape[0] / kept
-        torch.testing.assert_close(o[changed], x[changed] + scale * _branch(x[changed], None))
+        scale = a.shape[0] / kept
+        torch.testing.assert_close(o[changed], a[changed] + scale * _branch(a[changed], None))
+    seen.clear()
+    single = residual(xs[0], group_shapes(xs[:1]), branch, 0.4, efficient=True)
+    assert seen == [((4, 3, 2), ((4, 3),))] and single.shape == xs[0].shape
 
 
+@pytest.mark.parametrize("layout", ["single", "groups"])
 @pytest.mark.parametrize("efficient", [False, True])
-def test_drop_path_expectation_matches_full_branch(efficient):
+def test_drop_path_expectation_matches_full_branch(efficient, layout):
     """Mean over many draws -> x + branch(x). Each output element is x + c * b with c in
-    {0, s}; its variance is b^2 * (s - 1) with s = B/kept (or 1/(1-p)), here 2. With K draws the
-    standard error is |b| sqrt((s-1)/K); we allow 5 standard errors."""
+    {0, s}, E[c] = 1; its variance is b^2 * (s - 1) with s = B/kept (efficient) or 1/(1-p)
+    (ordinary). Rate 0.5 with even batches gives s = 2 in both cases, so with K draws the
+    standard error is |b| sqrt((s-1)/K); we allow 5 standard errors (a false failure has
+    probability ~6e-7 per element)."""
     torch.manual_seed(1234)
-    rate, k = 0.5, 4000
-    xs = [torch.randn(6, 2, 3)]
-    target = xs[0] + _branch(xs[0], None)
-    total = torch.zeros_like(xs[0])
+    rate, k = 0.5, 3000
+    xs = (
+        [torch.randn(6, 2, 3), torch.randn(4, 1, 3)]
+        if layout == "groups"
+        else [torch.randn(6, 2, 3)]
+    )
+    x, shapes = cat_groups(xs), group_shapes(xs)
+    target = x + _branch(x, None)
+    total = torch.zeros_like(x)
     for _ in range(k):
-        total += residual(xs, _branch, rate, efficient)[0]
+        total += residual(x, shapes, _branch, rate, efficient)
     mean = total / k
-    s = 2.0
-    bound = 5 * _branch(xs[0], None).abs() * math.sqrt((s - 1) / k) + 1e-6
+    bound = 5 * _branch(x, None).abs() * math.sqrt((2.0 - 1) / k) + 1e-6
     assert torch.all((mean - target).abs() <= bound)
 
 

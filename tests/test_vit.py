@@ -196,3 +196,14 @@ def test_load_teacher_backbone_strict(tmp_path):
     del ckpt["teacher"]["backbone.norm.bias"]
     with pytest.raises(CheckpointError, match=r"missing keys \[norm.bias\]"):
         ck.load_teacher_backbone(ckpt)
+
+
+@pytest.mark.parametrize("efficient", [True, False])
+def test_training_with_drop_path_multicrop_backward(efficient):
+    m = tiny(num_register_tokens=1, drop_path_rate=0.5, efficient_drop_path=efficient).train()
+    g, loc = torch.randn(4, 3, 32, 32), torch.randn(3, 3, 16, 16)
+    outs = m.forward_list([g, loc], [torch.rand(4, 16) < 0.3, None])
+    assert [o.patches.shape for o in outs] == [(4, 16, 32), (3, 4, 32)]
+    sum(o.cls.sum() + o.patches.sum() for o in outs).backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

@@ -150,63 +150,75 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """One group ``(B, N, D)`` -> ``(B, N, D)``."""
-        return self.forward_list([x])[0]
+        return self.forward_packed(x, group_shapes([x]))
 
-    def forward_list(self, xs: Sequence[Tensor]) -> list[Tensor]:
-        """Several groups ``[(B_i, N_i, D)]``: token-wise layers see them concatenated."""
+    def forward_packed(self, x: Tensor, shapes: GroupShapes) -> Tensor:
+        """Tokens of every group in one tensor: ``(B, N, D)`` for one group, else the
+        concatenation ``(T, D)`` (see ``cat_groups``); the token-wise layers run once on it."""
         rate = self.drop_path if self.training else 0.0
-        xs = residual(xs, self._attn_branch, rate, self.efficient_drop_path)
-        return residual(xs, self._ffn_branch, rate, self.efficient_drop_path)
+        x = residual(x, shapes, self._attn_branch, rate, self.efficient_drop_path)
+        return residual(x, shapes, self._ffn_branch, rate, self.efficient_drop_path)
 
 
-def _cat(xs: Sequence[Tensor]) -> Tensor:
+def cat_groups(xs: Sequence[Tensor]) -> Tensor:
     """One group stays ``(B, N, D)`` (Grad-CAM hooks see images); several become ``(T, D)``."""
     if len(xs) == 1:
         return xs[0]
     return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
 
 
-def _split(y: Tensor, shapes: GroupShapes) -> list[Tensor]:
-    if len(shapes) == 1:
+def split_groups(y: Tensor, shapes: GroupShapes) -> list[Tensor]:
+    """Inverse of ``cat_groups``."""
+    if y.dim() == 3:
         return [y]
     parts = y.split([b * n for b, n in shapes])
     return [p.view(b, n, -1) for p, (b, n) in zip(parts, shapes, strict=True)]
 
 
-def residual(xs: Sequence[Tensor], branch: Branch, rate: float, efficient: bool) -> list[Tensor]:
-    """``x + drop_path(branch(x))`` for every group, branch run once over all groups.
+def _sample_rows(shapes: GroupShapes, kept: Sequence[Tensor]) -> Tensor:
+    """Row indices in the ``(T, D)`` layout of the tokens of the kept samples of each group."""
+    rows, offset = [], 0
+    for (b, n), idx in zip(shapes, kept, strict=True):
+        tok = torch.arange(n, device=idx.device)
+        rows.append((offset + idx[:, None] * n + tok[None, :]).flatten())
+        offset += b * n
+    return torch.cat(rows)
+
+
+def residual(
+    x: Tensor, shapes: GroupShapes, branch: Branch, rate: float, efficient: bool
+) -> Tensor:
+    """``x + drop_path(branch(x))`` per sample, ``x`` in the ``cat_groups`` layout.
 
     Ordinary drop path zeroes the branch of each sample with probability ``rate`` and divides
     the kept ones by ``1 - rate``. The efficient variant (DINOv2) draws ``max(int(B(1-rate)), 1)``
     samples per group without replacement, runs the branch only on them and adds it back scaled
     by ``B / kept``: the same expectation, and the dropped samples cost nothing.
     """
-    xs = list(xs)
     if rate <= 0.0:
-        shapes = group_shapes(xs)
-        return [x + y for x, y in zip(xs, _split(branch(_cat(xs), shapes), shapes), strict=True)]
+        return x + branch(x, shapes)
     if not efficient:
-        shapes = group_shapes(xs)
-        ys = _split(branch(_cat(xs), shapes), shapes)
-        out = []
-        for x, y in zip(xs, ys, strict=True):
-            keep = torch.empty(x.shape[0], 1, 1, device=x.device, dtype=x.dtype)
-            keep.bernoulli_(1.0 - rate).div_(1.0 - rate)
-            out.append(x + y * keep)
-        return out
-    idxs = []
-    for x in xs:
-        b = x.shape[0]
-        idxs.append(torch.randperm(b, device=x.device)[: max(int(b * (1.0 - rate)), 1)])
-    subsets = [x[i] for x, i in zip(xs, idxs, strict=True)]
-    shapes = group_shapes(subsets)
-    ys = _split(branch(_cat(subsets), shapes), shapes)
-    out = []
-    for x, y, i in zip(xs, ys, idxs, strict=True):
-        scale = x.shape[0] / len(i)
-        flat = torch.index_add(x.flatten(1), 0, i, y.to(x.dtype).flatten(1), alpha=scale)
-        out.append(flat.view_as(x))
-    return out
+        keep = torch.empty(sum(b for b, _ in shapes), device=x.device, dtype=x.dtype)
+        keep.bernoulli_(1.0 - rate).div_(1.0 - rate)
+        if x.dim() == 3:
+            return x + branch(x, shapes) * keep[:, None, None]
+        per_token = torch.tensor([n for b, n in shapes for _ in range(b)], device=x.device)
+        return x + branch(x, shapes) * keep.repeat_interleave(per_token)[:, None]
+    kept = [torch.randperm(b, device=x.device)[: max(int(b * (1.0 - rate)), 1)] for b, _ in shapes]
+    sub_shapes = tuple((len(k), n) for k, (_, n) in zip(kept, shapes, strict=True))
+    if x.dim() == 3:  # one group in image layout
+        (b, _), idx = shapes[0], kept[0]
+        y = branch(x[idx], sub_shapes)
+        return torch.index_add(x, 0, idx, y.to(x.dtype), alpha=b / len(idx))
+    rows = _sample_rows(shapes, kept)
+    y = branch(x[rows], sub_shapes)
+    scale = torch.cat(
+        [
+            torch.full((len(k) * n,), b / len(k), device=x.device, dtype=x.dtype)
+            for k, (b, n) in zip(kept, shapes, strict=True)
+        ]
+    )
+    return torch.index_add(x, 0, rows, y.to(x.dtype) * scale[:, None])
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,8 +419,11 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"{len(xs)} groups of images but {len(masks)} masks")
         tokens = [self.prepare_tokens(x, m) for x, m in zip(xs, masks, strict=True)]
         self._set_backend(tokens[0].device, len(tokens))
+        shapes = group_shapes(tokens)
+        x = cat_groups(tokens)
         for blk in self.blocks:
-            tokens = blk.forward_list(tokens)
+            x = blk.forward_packed(x, shapes)
+        tokens = split_groups(x, shapes)
         return [self._output(t, m) for t, m in zip(tokens, masks, strict=True)]
 
     def forward_features(self, x: Tensor, masks: Tensor | None = None) -> BackboneOutput:
