@@ -207,3 +207,21 @@ def test_training_with_drop_path_multicrop_backward(efficient):
     sum(o.cls.sum() + o.patches.sum() for o in outs).backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
     assert m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_meta_build_then_materialise_and_init():
+    m = build_vit(ModelConfig(arch="vit_tiny", depth=2, patch_size=8, img_size=32), device="meta")
+    assert m.pos_embed.is_meta
+    m = m.to_empty(device="cpu")
+    m.init_weights()
+    for name, p in m.named_parameters():
+        assert torch.isfinite(p).all(), name
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 192)
+
+
+def test_gradcam_target_layer_sees_image_tokens():
+    m = tiny(num_register_tokens=2)
+    seen = []
+    m.blocks[-1].norm1.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    m(torch.randn(3, 3, 32, 32))
+    assert seen == [(3, 1 + 2 + 16, 32)]
