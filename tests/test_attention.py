@@ -174,9 +174,9 @@ def test_drop_path_expectation_matches_full_branch(efficient, layout):
     {0, s}, E[c] = 1; its variance is b^2 * (s - 1) with s = B/kept (efficient) or 1/(1-p)
     (ordinary). Rate 0.5 with even batches gives s = 2 in both cases, so with K draws the
     standard error is |b| sqrt((s-1)/K); we allow 5 standard errors (a false failure has
-    probability ~6e-7 per element)."""
+    probability ~6e-7 per element; the draws are seeded, so the test is deterministic)."""
     torch.manual_seed(1234)
-    rate, k = 0.5, 3000
+    rate, k = 0.5, 1000
     xs = (
         [torch.randn(6, 2, 3), torch.randn(4, 1, 3)]
         if layout == "groups"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,11 +28,16 @@ def tiny(**kw) -> VisionTransformer:
     return build_vit(ModelConfig(**base)).eval()
 
 
+@functools.cache
+def meta_model(arch: str) -> VisionTransformer:
+    cfg = ModelConfig(arch=arch, patch_size=14, img_size=518, num_register_tokens=4)
+    return build_vit(cfg, device="meta")
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("res", [(224, 224), (98, 112), (518, 518)])
 def test_shapes_every_arch_on_meta(arch, res):
-    cfg = ModelConfig(arch=arch, patch_size=14, img_size=518, num_register_tokens=4)
-    model = build_vit(cfg, device="meta")
+    model = meta_model(arch)
     d = ARCHS[arch]["embed_dim"]
     assert model.embed_dim == d and len(model.blocks) == ARCHS[arch]["depth"]
     x = torch.empty(2, 3, *res, device="meta")
