@@ -57,9 +57,7 @@ class LabelledFolder:
             with Image.open(path) as img:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(
-                f"cannot read image {path}: {e}; remove or replace the file"
-            ) from None
+            raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
 
 
 def resolve_layout(root: Path) -> Path:
@@ -94,9 +92,7 @@ def scan_labelled_folder(root: str | Path, *, what: str = "data") -> LabelledFol
         labels.extend([idx] * len(found))
     if not paths:
         loose = [p for p in base.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = (
-            " (images lie directly in it; put them in one sub-folder per class)" if loose else ""
-        )
+        hint = " (images lie directly in it; put them in one sub-folder per class)" if loose else ""
         raise DataError(f"{what} folder {given} holds no images in class sub-folders{hint}")
     if empty:
         shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
@@ -120,7 +116,9 @@ def check_same_classes(train: LabelledFolder, val: LabelledFolder) -> None:
     only_val = sorted(set(val.class_names) - set(train.class_names))
     parts = []
     if only_val:
-        parts.append(f"only in val: {', '.join(only_val[:5])}{', ...' if len(only_val) > 5 else ''}")
+        parts.append(
+            f"only in val: {', '.join(only_val[:5])}{', ...' if len(only_val) > 5 else ''}"
+        )
     if only_train:
         parts.append(
             f"only in train: {', '.join(only_train[:5])}{', ...' if len(only_train) > 5 else ''}"

@@ -38,7 +38,9 @@ class HeadSpec:
     lr: float
 
     def label(self) -> str:
-        return f"blocks={self.n_last_blocks} avgpool={'yes' if self.avgpool else 'no'} lr={self.lr:g}"
+        return (
+            f"blocks={self.n_last_blocks} avgpool={'yes' if self.avgpool else 'no'} lr={self.lr:g}"
+        )
 
 
 @dataclass

@@ -80,8 +80,11 @@ class ProbeRow:
                 "top1": lin.val_top1,
                 "top5": lin.val_top5,
                 "holdout_top1": lin.holdout_top1,
-                "head": {"n_last_blocks": lin.spec.n_last_blocks, "avgpool": lin.spec.avgpool,
-                         "lr": lin.spec.lr},
+                "head": {
+                    "n_last_blocks": lin.spec.n_last_blocks,
+                    "avgpool": lin.spec.avgpool,
+                    "lr": lin.spec.lr,
+                },
                 "num_fit": lin.num_fit,
                 "num_holdout": lin.num_holdout,
                 "best_on_val_top1_optimistic": lin.best_on_val_top1,
