@@ -264,3 +264,132 @@ def test_periodic_saves_survive_a_hard_kill(tmp_path):
     )
     # first chunk's call: nothing saved yet; afterwards one more frequency before every call
     assert seen == list(range(1, len(half_plane_frequencies(8))))
+
+
+# ---------------------------------------------------------------- figures, CLI end to end
+
+
+def test_figures_share_one_colour_scale(tmp_path):
+    from PIL import Image
+
+    from fastdino_cli.eval.fourier_figures import (
+        plot_heatmap,
+        plot_radial,
+        plot_side_by_side,
+        shared_range,
+    )
+
+    images, labels = gray_images(8)
+    low = compute_fourier_heatmap(band_energy_classifier(8, lambda r: r <= 2), images, labels)
+    high = compute_fourier_heatmap(band_energy_classifier(8, lambda r: r > 2), images, labels)
+    assert shared_range([low.error, high.error * 0.5]) == (0.0, 1.0)
+    for path in (
+        plot_heatmap(low, "low", tmp_path / "a.png"),
+        plot_side_by_side([low, high], ["low", "high"], tmp_path / "b.png"),
+        plot_radial([low, high], ["low", "high"], tmp_path / "c.png"),
+    ):
+        with Image.open(path) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+
+
+@pytest.fixture(scope="module")
+def probed_checkpoint(tmp_path_factory, demo_data):
+    """A random-init tiny ViT (patch 8, 32 px) with a linear probe head stored by run_probe."""
+    from fastdino_cli.eval.probe import run_probe
+    from tests.probe_helpers import tiny_checkpoint
+
+    tmp = tmp_path_factory.mktemp("fourier_ckpt")
+    path = tiny_checkpoint(tmp / "run" / "final.pt", depth=2)
+    run_probe(
+        [path], demo_data.train, demo_data.val, ks=(10,), epochs=3, batch_size=32,
+        n_last_blocks=(1,), lrs=(0.01, 0.1), use_cache=False, device="cpu",
+    )  # fmt: skip
+    return path
+
+
+def run_cli(argv, capsys):
+    from fastdino_cli.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_end_to_end_writes_arrays_metadata_and_figures(
+    probed_checkpoint, demo_data, tmp_path, capsys
+):
+    import json
+
+    from PIL import Image
+
+    from fastdino_cli.eval.classifier import load_probe_classifier
+    from fastdino_cli.eval.labelled import scan_labelled_folder
+
+    out = tmp_path / "out"
+    argv = ["fourier-heatmap", str(probed_checkpoint), "--data", str(demo_data.val)]
+    argv += ["--out", str(out), "--size", "16", "--images-per-class", "1", "--seed", "4"]
+    argv += ["--radial", "--batch-size", "64", "--device", "cpu"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "final: clean error" in stdout and "side_by_side.png" in stdout
+    folder = out / "final"
+    error = np.load(folder / "error.npy")
+    assert error.shape == (16, 16) and ((error >= 0) & (error <= 1)).all()
+    meta = json.loads((folder / "meta.json").read_text())
+    np.testing.assert_allclose(
+        np.load(folder / "error_minus_clean.npy"), error - meta["clean_error"]
+    )
+    assert meta["eps"] == pytest.approx(default_eps(16)) and meta["size"] == 16
+    assert meta["n_images"] == 10 and meta["seed"] == 4 and meta["window"] is None
+    assert meta["n_bases"] == 16 * 16 // 2 + 2 and len(meta["checkpoint_sha256"]) == 64
+    assert meta["probe"]["n_classes"] == 10 and meta["probe"]["recipe"]["crop_size"] == 32
+    for png in (folder / "heatmap.png", out / "side_by_side.png", out / "radial.png"):
+        with Image.open(png) as im:
+            assert im.format == "PNG"
+
+    # the same numbers as computing the map directly with the stored classifier
+    clf = load_probe_classifier(probed_checkpoint)
+    val = scan_labelled_folder(demo_data.val)
+    from fastdino_cli.eval.features import eval_transform
+
+    recipe = type(clf.recipe)(**{**clf.recipe.to_dict(), "crop_size": 16, "resize_size": 18})
+    tf = eval_transform(recipe, normalize=False)
+    by_name = {rel.split("/")[0]: rel for rel in meta["images"]}
+    idx = [val.paths.index(val.root / by_name[c]) for c in val.class_names]
+    x = torch.stack([tf(val.load_rgb(i)) for i in idx])
+    y = torch.tensor([val.labels[i] for i in idx])
+    direct = compute_fourier_heatmap(clf.forward_pixels, x, y, seed=4)
+    np.testing.assert_array_equal(direct.error, error)
+    assert direct.clean_error == meta["clean_error"]
+
+    # a second run with the same arguments reuses the finished state file
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(folder / "error.npy"), error)
+
+
+def test_cli_user_errors_are_one_line(probed_checkpoint, demo_data, tmp_path, capsys):
+    from tests.probe_helpers import tiny_checkpoint
+
+    bare = tiny_checkpoint(tmp_path / "bare.pt", depth=1)
+    base = ["--data", str(demo_data.val), "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(["fourier-heatmap", str(bare), *base], capsys)
+    assert code == 2 and "has no probe head" in err and "fastdino probe" in err
+    assert err.strip().count("\n") == 0
+    code, _, err = run_cli(
+        ["fourier-heatmap", str(probed_checkpoint), *base, "--window", "8"], capsys
+    )
+    assert code == 2 and "--window 8" in err
+    code, _, err = run_cli(
+        ["fourier-heatmap", str(probed_checkpoint), *base, "--size", "20"], capsys
+    )
+    assert code == 2 and "patch size 8" in err
+    code, _, err = run_cli(
+        ["fourier-heatmap", str(probed_checkpoint), "--data", str(tmp_path / "nope"), "--out", "o"],
+        capsys,
+    )
+    assert code == 2 and "nope" in err and "does not exist" in err

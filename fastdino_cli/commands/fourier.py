@@ -36,7 +36,9 @@ def fourier_command(
     ] = None,
     size: Annotated[
         int | None,
-        typer.Option("--size", help="Image size [default: the probe's crop size].", show_default=False),
+        typer.Option(
+            "--size", help="Image size [default: the probe's crop size].", show_default=False
+        ),
     ] = None,
     window: Annotated[
         int | None,

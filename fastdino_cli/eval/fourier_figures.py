@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fastdino_cli.eval.fourier import FourierResult, radial_profile
 
@@ -36,6 +37,8 @@ def _draw(ax, result: FourierResult, values: np.ndarray, vmin: float, vmax: floa
     )
     ax.set_xlabel("horizontal frequency (cycles/image)")
     ax.set_ylabel("vertical frequency (cycles/image)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return im
 
 
