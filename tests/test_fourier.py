@@ -319,6 +319,7 @@ def run_cli(argv, capsys):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_arrays_metadata_and_figures(
     probed_checkpoint, demo_data, tmp_path, capsys
 ):
