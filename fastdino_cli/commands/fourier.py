@@ -2,15 +2,98 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, not_available
+from fastdino_cli.commands._common import CheckpointsArg
+
+EXAMPLES = """
+Examples:
+
+  fastdino fourier-heatmap runs/fast/final.pt runs/base/final.pt --data /datasets/in100/val \\
+      --window 63 --radial --out figs/fourier
+
+  fastdino fourier-heatmap runs/demo/final.pt --data demo-data/val --max-images 50 --out out/f
+"""
 
 
-def fourier_command(ctx: typer.Context) -> None:
-    """Fourier error-sensitivity heatmaps of one or more checkpoints."""
-    not_available("fourier-heatmap", 9)
+def fourier_command(
+    checkpoints: CheckpointsArg,
+    data: Annotated[
+        Path, typer.Option("--data", help="Labelled folder (<class>/<image>), e.g. the val set.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for arrays, metadata and figures.")],
+    eps: Annotated[
+        float | None,
+        typer.Option(
+            "--eps",
+            help="L2 norm of the perturbation per channel in [0,1] pixels "
+            "[default: 15.7*size/224, the paper's ImageNet amplitude].",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size", help="Image size [default: the probe's crop size].", show_default=False
+        ),
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            "--window", help="Odd K: only the centred KxK low-frequency window (paper: 63)."
+        ),
+    ] = None,
+    images_per_class: Annotated[
+        int, typer.Option("--images-per-class", help="Random images per class (paper: 5; 0 = all).")
+    ] = 5,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Cap on the images, balanced over classes.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds image choice and signs.")] = 0,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Perturbed images per forward pass.")
+    ] = 256,
+    radial: Annotated[
+        bool, typer.Option("--radial", help="Also plot error vs frequency radius.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="bfloat16 autocast for the forward passes (CUDA).")
+    ] = False,
+) -> None:
+    """Fourier error-sensitivity heatmaps (Yin et al. 2019) of one or more checkpoints.
+
+    Each checkpoint needs a probe head (`fastdino probe` stores it). An interrupted run resumes
+    from the frequencies already done when started again with the same arguments.
+    """
+    from fastdino_cli.eval.fourier_run import run_fourier_heatmaps
+
+    run = run_fourier_heatmaps(
+        checkpoints,
+        data,
+        out,
+        eps=eps,
+        size=size,
+        window=window,
+        images_per_class=images_per_class or None,
+        max_images=max_images,
+        seed=seed,
+        batch_size=batch_size,
+        radial=radial,
+        device=device,
+        bf16=bf16,
+    )
+    for label, result in zip(run.labels, run.results, strict=True):
+        typer.echo(
+            f"{label}: clean error {result.clean_error:.4f}, mean error over "
+            f"{len(result.freqs)} bases {float(result.per_frequency.mean()):.4f}"
+        )
+    for path in run.files["shared"]:
+        typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("fourier-heatmap", context_settings=PASS_THROUGH)(fourier_command)
+    app.command("fourier-heatmap", epilog=EXAMPLES)(fourier_command)

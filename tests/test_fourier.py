@@ -1,0 +1,396 @@
+"""Fourier heatmap: basis properties, half-plane enumeration, toy filters, seed, resumption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastdino_cli.errors import ConfigError
+from fastdino_cli.eval.fourier import (
+    compute_fourier_heatmap,
+    default_eps,
+    fourier_basis,
+    half_plane_frequencies,
+    map_axis,
+    mirror_to_plane,
+    perturbation_signs,
+    radial_profile,
+    signed_frequency,
+)
+
+# ---------------------------------------------------------------- basis and enumeration
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 15, 16])
+def test_half_plane_count_and_one_member_per_pair(n):
+    freqs = half_plane_frequencies(n)
+    expected = n * n // 2 + 2 if n % 2 == 0 else (n * n + 1) // 2
+    assert len(freqs) == expected
+    # every full-plane index is covered by exactly one pair member (itself or its conjugate)
+    cover = np.zeros((n, n), dtype=int)
+    for u, w in freqs:
+        cover[u, w] += 1
+        if ((-u) % n, (-w) % n) != (u, w):
+            cover[(-u) % n, (-w) % n] += 1
+    assert (cover == 1).all()
+    assert (freqs[:, 1] <= n // 2).all()
+
+
+def test_paper_counts_at_224():
+    assert len(half_plane_frequencies(224)) == 25_090
+    assert len(half_plane_frequencies(224, window=63)) == (63 * 63 + 1) // 2 == 1985
+    assert len(half_plane_frequencies(32)) == 514
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_basis_real_unit_norm_single_conjugate_pair_orthogonal(n):
+    freqs = half_plane_frequencies(n)
+    basis = fourier_basis(freqs, n, dtype=torch.float64)
+    assert basis.shape == (len(freqs), n, n) and not basis.is_complex()
+    flat = basis.flatten(1)
+    gram = flat @ flat.T  # unit norm on the diagonal, distinct bases orthogonal
+    torch.testing.assert_close(gram, torch.eye(len(freqs), dtype=torch.float64), atol=1e-10, rtol=0)
+    for (u, w), b in zip(freqs, basis, strict=True):
+        spectrum = np.abs(np.fft.fft2(b.numpy()))
+        support = {tuple(int(i) for i in p) for p in np.argwhere(spectrum > 1e-9)}
+        assert support == {(int(u), int(w)), (int((-u) % n), int((-w) % n))}
+
+
+def test_basis_orientation_rows_are_vertical_frequency():
+    b = fourier_basis(np.array([[1, 0]]), 8, dtype=torch.float64)[0]
+    assert torch.allclose(b, b[:, :1].expand(8, 8))  # constant along x: varies with y only
+    assert b[0, 0] > 0 and b[4, 0] < 0
+
+
+def test_window_enumeration_and_validation():
+    freqs = half_plane_frequencies(16, window=5)
+    assert len(freqs) == 13
+    assert (np.abs(signed_frequency(freqs, 16)) <= 2).all()
+    for bad in (0, 4, 17):
+        with pytest.raises(ConfigError, match="--window"):
+            half_plane_frequencies(16, window=bad)
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_mirror_is_point_symmetric_with_dc_at_centre(n):
+    freqs = half_plane_frequencies(n)
+    values = np.arange(len(freqs), dtype=float)
+    plane = mirror_to_plane(values, freqs, n)
+    assert not np.isnan(plane).any()
+    c = n // 2
+    assert plane[c, c] == values[0]  # (0, 0) is enumerated first
+    sym = plane if n % 2 else plane[1:, 1:]  # drop the unpaired Nyquist row/column
+    np.testing.assert_array_equal(sym, sym[::-1, ::-1])
+    assert np.array_equal(map_axis(n), np.fft.fftshift(np.fft.fftfreq(n) * n))
+    win = mirror_to_plane(values, freqs, n, window=3)
+    np.testing.assert_array_equal(win, plane[c - 1 : c + 2, c - 1 : c + 2])
+
+
+def test_signs_are_keyed_by_seed_and_frequency():
+    a = perturbation_signs(0, (3, 1), 50)
+    assert a.shape == (50, 3) and set(np.unique(a)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(a, perturbation_signs(0, (3, 1), 50))
+    assert not np.array_equal(a, perturbation_signs(1, (3, 1), 50))
+    assert not np.array_equal(a, perturbation_signs(0, (1, 3), 50))
+
+
+def test_default_eps_keeps_the_paper_amplitude():
+    assert default_eps(224) == pytest.approx(15.7)
+    # peak of a non-DC basis times eps: ~0.099 in [0, 1] units at every size
+    for n in (16, 64, 224):
+        peak = fourier_basis(np.array([[1, 2]]), n).abs().max().item() * default_eps(n)
+        assert peak == pytest.approx(np.sqrt(2) / 224 * 15.7, rel=1e-3)
+
+
+# ---------------------------------------------------------------- toy classifiers
+
+
+def band_energy_classifier(n: int, keep):
+    """Fixed FFT filter (mask ``keep(radius)``) then a threshold on the filtered energy.
+
+    Class 0 when the band-passed image (mean removed) is nearly empty, class 1 otherwise.
+    """
+    fy = signed_frequency(np.arange(n), n)
+    radius = np.hypot(fy[:, None], fy[None, :])
+    mask = torch.as_tensor(keep(radius) & (radius > 0), dtype=torch.float64)
+
+    def classify(x):
+        spec = torch.fft.fft2(x.double() - x.double().mean(dim=(-2, -1), keepdim=True))
+        energy = ((spec.abs() * mask) ** 2).sum(dim=(1, 2, 3)) / n**2
+        return torch.stack([torch.full_like(energy, 0.1), energy], dim=1)
+
+    return classify
+
+
+def gray_images(n: int, levels=(0.35, 0.5, 0.65)):
+    imgs = torch.stack([torch.full((3, n, n), v) for v in levels]).double()
+    return imgs, torch.zeros(len(levels), dtype=torch.int64)
+
+
+@pytest.mark.parametrize("window", [None, 9])
+def test_low_pass_toy_errs_only_at_low_frequencies(window):
+    n, cutoff = 16, 3.0
+    images, labels = gray_images(n)
+    res = compute_fourier_heatmap(
+        band_energy_classifier(n, lambda r: r <= cutoff), images, labels, window=window
+    )
+    fy, fx = np.meshgrid(res.axis, res.axis, indexing="ij")
+    radius = np.hypot(fy, fx)
+    expected = ((radius <= cutoff) & (radius > 0)).astype(float)
+    assert res.clean_error == 0.0
+    np.testing.assert_array_equal(res.error, expected)
+    np.testing.assert_array_equal(res.error_minus_clean, expected)
+    radii, prof = radial_profile(res)
+    assert prof[0] == 0 and (prof[(radii >= 1) & (radii <= 2)] == 1).all()
+    assert 0 < prof[radii == 3][0] < 1 and (prof[radii >= 4] == 0).all()  # ring 3 straddles
+
+
+def test_high_pass_toy_errs_only_at_high_frequencies():
+    n, cutoff = 16, 5.0
+    images, labels = gray_images(n)
+    res = compute_fourier_heatmap(
+        band_energy_classifier(n, lambda r: r > cutoff), images, labels, batch_size=7
+    )
+    fy, fx = np.meshgrid(res.axis, res.axis, indexing="ij")
+    np.testing.assert_array_equal(res.error, (np.hypot(fy, fx) > cutoff).astype(float))
+
+
+def test_directional_toy_puts_vertical_frequencies_on_the_vertical_axis():
+    n = 12
+    fy = signed_frequency(np.arange(n), n)
+    sees_vertical = torch.as_tensor((fy[:, None] != 0) & (fy[None, :] == 0), dtype=torch.float64)
+
+    def classify(x):
+        energy = ((torch.fft.fft2(x.double()).abs() * sees_vertical) ** 2).sum(dim=(1, 2, 3))
+        return torch.stack([torch.full_like(energy, 0.1), energy / n**2], dim=1)
+
+    images, labels = gray_images(n)
+    res = compute_fourier_heatmap(classify, images, labels)
+    c = n // 2
+    expected = np.zeros((n, n))
+    expected[:, c] = 1.0  # column fx = 0, every fy != 0
+    expected[c, c] = 0.0
+    np.testing.assert_array_equal(res.error, expected)
+
+
+# ---------------------------------------------------------------- seed, batching, resume
+
+
+def linear_problem(n=8, m=12, classes=3):
+    """A fixed random linear classifier on random images: sign-sensitive, errors in between."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(m, 3, n, n, generator=g, dtype=torch.float64) * 0.6 + 0.2
+    weight = torch.randn(classes, 3 * n * n, generator=g, dtype=torch.float64)
+    labels = (images.flatten(1) @ weight.T).argmax(1)
+    labels[: m // 4] = (labels[: m // 4] + 1) % classes  # some clean errors too
+
+    def classify(x):
+        return x.flatten(1) @ weight.T
+
+    return classify, images, labels
+
+
+def test_determinism_under_seed_and_batch_size():
+    classify, images, labels = linear_problem()
+    a = compute_fourier_heatmap(classify, images, labels, eps=3.0, seed=1, batch_size=64)
+    b = compute_fourier_heatmap(classify, images, labels, eps=3.0, seed=1, batch_size=5)
+    c = compute_fourier_heatmap(classify, images, labels, eps=3.0, seed=2, batch_size=64)
+    np.testing.assert_array_equal(a.error, b.error)
+    assert a.clean_error == pytest.approx(0.25)
+    assert 0 < np.nanmean(a.error) < 1
+    assert not np.array_equal(a.error, c.error)
+    # a window evaluates the same frequencies with the same signs as the full plane
+    w = compute_fourier_heatmap(classify, images, labels, eps=3.0, seed=1, window=5)
+    np.testing.assert_array_equal(w.error, a.error[2:7, 2:7])
+
+
+class Interrupting:
+    """Wraps a classifier; raises KeyboardInterrupt on call ``stop_at`` (a killed run)."""
+
+    def __init__(self, classify, stop_at=None):
+        self.classify, self.stop_at, self.calls = classify, stop_at, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.stop_at is not None and self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return self.classify(x)
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    classify, images, labels = linear_problem()
+    kw = dict(eps=3.0, seed=3, batch_size=24, identity={"ckpt": "abc"})
+    full = compute_fourier_heatmap(classify, images, labels, **kw)
+    n_chunks = -(-len(full.freqs) // 2)  # 24 // 12 images = 2 bases per forward pass
+
+    state = tmp_path / "state.npz"
+    first = Interrupting(classify, stop_at=6)  # clean pass + 4 chunks, dies in the 5th
+    with pytest.raises(KeyboardInterrupt):
+        compute_fourier_heatmap(first, images, labels, state_path=state, **kw)
+    with np.load(state) as z:
+        assert z["done"].sum() == 8 and int(z["clean"]) == 3
+
+    second = Interrupting(classify)
+    resumed = compute_fourier_heatmap(second, images, labels, state_path=state, **kw)
+    assert second.calls == n_chunks - 4  # neither the clean pass nor done chunks run again
+    np.testing.assert_array_equal(resumed.error, full.error)
+    assert resumed.clean_error == full.clean_error
+
+    # a finished state answers without any forward pass; a different key starts afresh
+    third = Interrupting(classify)
+    compute_fourier_heatmap(third, images, labels, state_path=state, **kw)
+    assert third.calls == 0
+    fourth = Interrupting(classify)
+    other = dict(kw, identity={"ckpt": "other"})
+    compute_fourier_heatmap(fourth, images, labels, state_path=state, **other)
+    assert fourth.calls == n_chunks + 1
+
+
+def test_periodic_saves_survive_a_hard_kill(tmp_path):
+    """With save_interval_s=0 the state on disk is current before the process could die."""
+    classify, images, labels = linear_problem()
+    state = tmp_path / "s.npz"
+    seen = []
+
+    def spy(x):
+        if state.exists():
+            with np.load(state) as z:
+                seen.append(int(z["done"].sum()))
+        return classify(x)
+
+    compute_fourier_heatmap(
+        spy, images, labels, eps=3.0, batch_size=12, state_path=state, save_interval_s=0
+    )
+    # first chunk's call: nothing saved yet; afterwards one more frequency before every call
+    assert seen == list(range(1, len(half_plane_frequencies(8))))
+
+
+# ---------------------------------------------------------------- figures, CLI end to end
+
+
+def test_figures_share_one_colour_scale(tmp_path):
+    from PIL import Image
+
+    from fastdino_cli.eval.fourier_figures import (
+        plot_heatmap,
+        plot_radial,
+        plot_side_by_side,
+        shared_range,
+    )
+
+    images, labels = gray_images(8)
+    low = compute_fourier_heatmap(band_energy_classifier(8, lambda r: r <= 2), images, labels)
+    high = compute_fourier_heatmap(band_energy_classifier(8, lambda r: r > 2), images, labels)
+    assert shared_range([low.error, high.error * 0.5]) == (0.0, 1.0)
+    for path in (
+        plot_heatmap(low, "low", tmp_path / "a.png"),
+        plot_side_by_side([low, high], ["low", "high"], tmp_path / "b.png"),
+        plot_radial([low, high], ["low", "high"], tmp_path / "c.png"),
+    ):
+        with Image.open(path) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+
+
+@pytest.fixture(scope="module")
+def probed_checkpoint(tmp_path_factory, demo_data):
+    """A random-init tiny ViT (patch 8, 32 px) with a linear probe head stored by run_probe."""
+    from fastdino_cli.eval.probe import run_probe
+    from tests.probe_helpers import tiny_checkpoint
+
+    tmp = tmp_path_factory.mktemp("fourier_ckpt")
+    path = tiny_checkpoint(tmp / "run" / "final.pt", depth=2)
+    run_probe(
+        [path], demo_data.train, demo_data.val, ks=(10,), epochs=3, batch_size=32,
+        n_last_blocks=(1,), lrs=(0.01, 0.1), use_cache=False, device="cpu",
+    )  # fmt: skip
+    return path
+
+
+def run_cli(argv, capsys):
+    from fastdino_cli.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_writes_arrays_metadata_and_figures(
+    probed_checkpoint, demo_data, tmp_path, capsys
+):
+    import json
+
+    from PIL import Image
+
+    from fastdino_cli.eval.classifier import load_probe_classifier
+    from fastdino_cli.eval.labelled import scan_labelled_folder
+
+    out = tmp_path / "out"
+    argv = ["fourier-heatmap", str(probed_checkpoint), "--data", str(demo_data.val)]
+    argv += ["--out", str(out), "--size", "16", "--images-per-class", "1", "--seed", "4"]
+    argv += ["--radial", "--batch-size", "64", "--device", "cpu"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "final: clean error" in stdout and "side_by_side.png" in stdout
+    folder = out / "final"
+    error = np.load(folder / "error.npy")
+    assert error.shape == (16, 16) and ((error >= 0) & (error <= 1)).all()
+    meta = json.loads((folder / "meta.json").read_text())
+    np.testing.assert_allclose(
+        np.load(folder / "error_minus_clean.npy"), error - meta["clean_error"]
+    )
+    assert meta["eps"] == pytest.approx(default_eps(16)) and meta["size"] == 16
+    assert meta["n_images"] == 10 and meta["seed"] == 4 and meta["window"] is None
+    assert meta["n_bases"] == 16 * 16 // 2 + 2 and len(meta["checkpoint_sha256"]) == 64
+    assert meta["probe"]["n_classes"] == 10 and meta["probe"]["recipe"]["crop_size"] == 32
+    for png in (folder / "heatmap.png", out / "side_by_side.png", out / "radial.png"):
+        with Image.open(png) as im:
+            assert im.format == "PNG"
+
+    # the same numbers as computing the map directly with the stored classifier
+    clf = load_probe_classifier(probed_checkpoint)
+    val = scan_labelled_folder(demo_data.val)
+    from fastdino_cli.eval.features import eval_transform
+
+    recipe = type(clf.recipe)(**{**clf.recipe.to_dict(), "crop_size": 16, "resize_size": 18})
+    tf = eval_transform(recipe, normalize=False)
+    by_name = {rel.split("/")[0]: rel for rel in meta["images"]}
+    idx = [val.paths.index(val.root / by_name[c]) for c in val.class_names]
+    x = torch.stack([tf(val.load_rgb(i)) for i in idx])
+    y = torch.tensor([val.labels[i] for i in idx])
+    direct = compute_fourier_heatmap(clf.forward_pixels, x, y, seed=4)
+    np.testing.assert_array_equal(direct.error, error)
+    assert direct.clean_error == meta["clean_error"]
+
+    # a second run with the same arguments reuses the finished state file
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(folder / "error.npy"), error)
+
+
+def test_cli_user_errors_are_one_line(probed_checkpoint, demo_data, tmp_path, capsys):
+    from tests.probe_helpers import tiny_checkpoint
+
+    bare = tiny_checkpoint(tmp_path / "bare.pt", depth=1)
+    base = ["--data", str(demo_data.val), "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(["fourier-heatmap", str(bare), *base], capsys)
+    assert code == 2 and "has no probe head" in err and "fastdino probe" in err
+    assert err.strip().count("\n") == 0
+    code, _, err = run_cli(
+        ["fourier-heatmap", str(probed_checkpoint), *base, "--window", "8"], capsys
+    )
+    assert code == 2 and "--window 8" in err
+    code, _, err = run_cli(
+        ["fourier-heatmap", str(probed_checkpoint), *base, "--size", "20"], capsys
+    )
+    assert code == 2 and "patch size 8" in err
+    code, _, err = run_cli(
+        ["fourier-heatmap", str(probed_checkpoint), "--data", str(tmp_path / "nope"), "--out", "o"],
+        capsys,
+    )
+    assert code == 2 and "nope" in err and "does not exist" in err
