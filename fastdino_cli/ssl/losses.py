@@ -51,7 +51,12 @@ def sinkhorn_knopp(
     ``n_samples`` is the global number of samples (default: local rows times world size). Column
     (prototype) sums are global (all-reduced when distributed), row sums are local.
     """
-    q = torch.exp(teacher_logits.float() / teacher_temp).t()  # (K, B)
+    scaled = teacher_logits.float() / teacher_temp
+    # a global constant shift cancels in the normalisation and keeps exp() finite
+    shift = scaled.max().reshape(1) if scaled.numel() else scaled.new_zeros(1)
+    if _dist_on():
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = torch.exp(scaled - shift).t()  # (K, B)
     k = q.shape[0]
     if n_samples is None:
         world = dist.get_world_size() if _dist_on() else 1
