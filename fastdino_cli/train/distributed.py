@@ -134,7 +134,9 @@ def apply_fsdp(
     meta_arch.to(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     param_dtype = resolve_param_dtype(dist_cfg, precision, device.type)
-    body = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=_DTYPES[dist_cfg.reduce_dtype])
+    body = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=_DTYPES[dist_cfg.reduce_dtype]
+    )
     heads = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for name in ("student", "teacher"):
         part = getattr(meta_arch, name)
@@ -290,8 +292,25 @@ def all_ranks_finite(loss: Tensor) -> bool:
     """True when the loss is finite on EVERY rank (all ranks must then skip the step together)."""
     flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
     if is_initialized():
+        flag = flag.to(_comm_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is set on at least one rank."""
+    t = torch.tensor([1.0 if flag else 0.0])
+    if is_initialized():
+        t = t.to(_comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _comm_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo works on CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def mean_over_ranks(metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -300,6 +319,7 @@ def mean_over_ranks(metrics: dict[str, Tensor]) -> dict[str, Tensor]:
         return metrics
     keys = list(metrics)
     values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys])
+    values = values.to(_comm_device())
     dist.all_reduce(values)
     values /= dist.get_world_size()
     return {k: values[i] for i, k in enumerate(keys)}

@@ -329,6 +329,8 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                         "or check the data"
                     )
             periodic = step_done % cfg.train.checkpoint_period == 0
+            if world > 1:  # SIGTERM reaches ranks at different steps: stop them together
+                sigterm.set = dist_utils.any_rank(sigterm.set)
             if sigterm.set or (finite and (periodic or step_done == stop)):
                 _save_resumable(
                     accelerator,
