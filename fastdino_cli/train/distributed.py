@@ -40,6 +40,7 @@ number of processes, or in one process, from the same file.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -70,7 +71,19 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def fsdp_enabled(dist_cfg: DistributedConfig, world: int) -> bool:
-    """Shard with FSDP2 when several processes run and ``distributed.fsdp`` is on."""
+    """Shard with FSDP2 when several processes run and ``distributed.fsdp`` is on.
+
+    With ``distributed.fsdp=false`` several processes run DDP through ``accelerator.prepare``.
+    An Accelerate config with ``distributed_type: FSDP`` is accepted (fastdino shards the model
+    itself; the config's ``fsdp_*`` fields are not used), but not together with
+    ``distributed.fsdp=false``: Accelerate would then wrap the model with its own FSDP plugin,
+    whose root heuristic leaves teacher parameters stale.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not dist_cfg.fsdp:
+        raise ConfigError(
+            "the accelerate config asks for FSDP but distributed.fsdp=false; launch with a "
+            "MULTI_GPU accelerate config (fastdino shards itself) or set distributed.fsdp=true"
+        )
     return world > 1 and dist_cfg.fsdp
 
 
