@@ -66,6 +66,8 @@ def pretrain_command(
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
         return
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
+    if launch.rank() != 0:  # one summary line per run, not one per process
+        return
     where = result.final_checkpoint or (result.run_dir / "checkpoint.pt")
     typer.echo(
         f"{result.stopped}: {result.steps_done}/{result.total_steps} steps; checkpoint {where}"

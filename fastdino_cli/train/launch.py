@@ -38,6 +38,12 @@ def already_launched(env: dict[str, str] | None = None) -> bool:
     return env.get(GUARD) == "1" or "LOCAL_RANK" in env or "WORLD_SIZE" in env
 
 
+def rank(env: dict[str, str] | None = None) -> int:
+    """This process's global rank as set by the launcher (0 outside any launcher)."""
+    env = os.environ if env is None else env
+    return int(env.get("RANK", "0"))
+
+
 def accelerate_config(num_processes: int, *, main_process_port: int | None = None) -> dict:
     """An Accelerate launch config for ``num_processes`` GPUs on this machine."""
     if num_processes < 1:
