@@ -218,3 +218,39 @@ def test_each_rank_takes_its_rows_of_the_global_mask_draw():
         assert torch.equal(part.masks, whole.masks[rows])
         assert torch.equal(part.global_crops, whole.global_crops[rows])
     assert not torch.equal(parts[0].masks, parts[1].masks)  # ranks do not share one draw
+
+
+def test_param_dtype_follows_precision_and_refuses_fp16(monkeypatch):
+    from fastdino_cli.config import DistributedConfig
+    from fastdino_cli.errors import ConfigError
+    from fastdino_cli.train import distributed as d
+
+    auto = DistributedConfig()
+    assert d.resolve_param_dtype(auto, "auto", "cpu") is None
+    assert d.resolve_param_dtype(auto, "bf16", "cuda") is torch.bfloat16
+    assert d.resolve_param_dtype(auto, "fp32", "cuda") is None
+    assert d.resolve_param_dtype(DistributedConfig(param_dtype="bf16"), "auto", "cpu") is (
+        torch.bfloat16
+    )
+    with pytest.raises(ConfigError, match="fp16 with FSDP2 sharding"):
+        d.resolve_param_dtype(auto, "fp16", "cuda")
+    with pytest.raises(ConfigError, match="fp16 with FSDP2 sharding"):
+        d.resolve_param_dtype(DistributedConfig(param_dtype="fp16"), "auto", "cuda")
+
+
+def test_sharding_only_with_several_processes_and_never_half_accelerate_fsdp(monkeypatch):
+    from fastdino_cli.config import DistributedConfig
+    from fastdino_cli.errors import ConfigError
+    from fastdino_cli.train import distributed as d
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not d.fsdp_enabled(DistributedConfig(), 1)
+    assert d.fsdp_enabled(DistributedConfig(), 2)
+    assert not d.fsdp_enabled(DistributedConfig(fsdp=False), 2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert d.fsdp_enabled(DistributedConfig(), 8)
+    with pytest.raises(ConfigError, match="distributed.fsdp=false"):
+        d.fsdp_enabled(DistributedConfig(fsdp=False), 8)
+    assert d.rank_and_world() == (0, 1)
+    with pytest.raises(RuntimeError, match="process group"):
+        d.apply_fsdp(torch.nn.Linear(2, 2), DistributedConfig(), "fp32")
