@@ -31,6 +31,7 @@ import torch
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli.config import resolve_config, validate_config
 from fastdino_cli.data.masking import CropSample, MultiCropCollate
+from fastdino_cli.errors import ConfigError
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train.loop import pretrain
 
@@ -190,7 +191,8 @@ def test_sharded_checkpoint_resumes_in_one_process(runs, tmp_path):
     out.mkdir()
     shutil.copy(step2(runs["a"]), out / "checkpoint.pt")
     cfg = resolve_config(None, None, overrides(out, runs["data"], GLOBAL_BATCH))
-    res = pretrain(cfg, force_config=True, progress=False)  # batch_size_per_gpu 4 -> 8
+    # batch_size_per_gpu 4 -> 8 keeps the global batch: not a config change, no --force-config
+    res = pretrain(cfg, progress=False)
     assert res.resumed_from == 2 and res.steps_done == 4
     ref = {x["step"]: x for x in _rows(runs["a"])}
     for x in _rows(out):
@@ -198,6 +200,10 @@ def test_sharded_checkpoint_resumes_in_one_process(runs, tmp_path):
             assert abs(x[k] - ref[x["step"]][k]) <= TOL * max(1.0, abs(x[k]))
     final, a = ckpt_io.load(out / "final.pt"), ckpt_io.load(runs["a"] / "final.pt")
     assert _max_diff(final["teacher"], a["teacher"]) < TOL
+    # another global batch is a real config change
+    other = resolve_config(None, None, overrides(out, runs["data"], 4))
+    with pytest.raises(ConfigError, match="batch_size_per_gpu: 8 -> 4"):
+        pretrain(other, progress=False)
 
 
 def _sample(step: int, value: float) -> CropSample:

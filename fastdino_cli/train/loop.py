@@ -130,7 +130,8 @@ def _decide_start(
     ckpt = ckpt_io.load(latest)
     if "train_state" not in ckpt:
         raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
-    rd.check_resume_config(run_dir, ckpt.get("config") or {}, cfg.to_dict(), force_config)
+    old = dist_utils.config_for_this_world(ckpt, cfg.train.batch_size_per_gpu)
+    rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
     return ckpt
 
 
