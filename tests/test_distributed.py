@@ -2,7 +2,8 @@
 
 One ``torchrun --nproc_per_node 2`` launch (``tests/_distributed_worker.py``) trains a tiny ViT
 (dim 32, depth 2, 4 steps, two curriculum stages with a restart at step 2) uninterrupted (A),
-then resumes a copy of A's step-2 checkpoint (B). Meanwhile this process trains the
+then resumes a copy of A's step-2 checkpoint (B), then runs 3 steps with a NaN loss on rank 1
+at step 1 (C). Meanwhile this process trains the
 single-process reference (R) with the same global batch of 8 (8 per process here, 4 per process
 there).
 
@@ -102,10 +103,14 @@ def _max_diff(a: dict, b: dict) -> float:
 def runs(tmp_path_factory, demo_data):
     base = tmp_path_factory.mktemp("dist")
     data = demo_data.train
-    a, b, r = base / "two_a", base / "two_b", base / "one_r"
+    a, b, c, r = base / "two_a", base / "two_b", base / "two_nan", base / "one_r"
     jobs = [
         {"overrides": overrides(a, data, GLOBAL_BATCH // 2)},
         {"overrides": overrides(b, data, GLOBAL_BATCH // 2), "start_from": [str(step2(a)), str(b)]},
+        {
+            "overrides": overrides(c, data, GLOBAL_BATCH // 2, ["train.max_steps=3"]),
+            "nan_loss": [1, 1],
+        },
     ]
     (base / "jobs.json").write_text(json.dumps(jobs))
     cmd = [
@@ -126,7 +131,7 @@ def runs(tmp_path_factory, demo_data):
         pretrain(resolve_config(None, None, overrides(r, data, GLOBAL_BATCH)), progress=False)
         rc = proc.wait(timeout=300)
     assert rc == 0, (base / "torchrun.log").read_text()[-4000:]
-    return {"a": a, "b": b, "r": r, "base": base, "data": data}
+    return {"a": a, "b": b, "c": c, "r": r, "base": base, "data": data}
 
 
 @pytest.mark.distributed
@@ -181,6 +186,20 @@ def test_resumed_sharded_run_is_exact(runs):
     for part in ("teacher", "student"):
         assert fa[part].keys() == fb[part].keys()
         assert all(torch.equal(fa[part][k], fb[part][k]) for k in fa[part])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_skips_the_step_on_all_ranks(runs):
+    """Rank 1's loss is NaN at step 1: both ranks skip it (no hang, no divergence)."""
+    a, c = _rows(runs["a"]), _rows(runs["c"])
+    assert [x["finite"] for x in c] == [True, False, True]
+    assert c[0]["loss"] == a[0]["loss"]
+    assert c[2]["finite"] and c[2]["loss"] == c[2]["loss"]  # finite again after the skip
+    final = ckpt_io.load(runs["c"] / "final.pt")
+    assert all(bool(torch.isfinite(t).all()) for t in final["teacher"].values())
+    # the last checkpoint is the one of step 3 (the skipped step 1 wrote none)
+    assert ckpt_io.load(runs["c"] / "checkpoint.pt")["train_state"]["step"] == 3
 
 
 @pytest.mark.distributed

@@ -280,6 +280,7 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    reshard(model)
     by_fqn = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
     if not by_fqn:
         return {}
