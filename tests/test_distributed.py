@@ -279,3 +279,18 @@ def test_sharding_only_with_several_processes_and_never_half_accelerate_fsdp(mon
     assert d.rank_and_world() == (0, 1)
     with pytest.raises(RuntimeError, match="process group"):
         d.apply_fsdp(torch.nn.Linear(2, 2), DistributedConfig(), "fp32")
+
+
+def test_sharded_load_checks_keys_and_shapes_with_the_one_strict_message():
+    from fastdino_cli.errors import CheckpointError
+    from fastdino_cli.train.distributed import _check_keys
+
+    module = torch.nn.Linear(3, 2)
+    _check_keys(module, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, "teacher")
+    with pytest.raises(CheckpointError, match=r"cannot load teacher: missing keys \[bias\]"):
+        _check_keys(module, {"weight": torch.zeros(2, 3)}, "teacher")
+    with pytest.raises(CheckpointError, match=r"shape mismatches \[weight \(3, 3\) vs \(2, 3\)\]"):
+        _check_keys(module, {"weight": torch.zeros(3, 3), "bias": torch.zeros(2)}, "teacher")
+    # only a check: the tensors themselves are loaded shard by shard by set_model_state_dict
+    _check_keys(module, {"weight": torch.ones(2, 3), "bias": torch.ones(2)}, "teacher")
+    assert not torch.equal(module.weight, torch.ones(2, 3))

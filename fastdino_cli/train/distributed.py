@@ -189,7 +189,7 @@ def full_state_dicts(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Ten
     """(student, teacher) state dicts of full CPU tensors.
 
     Sharded: a collective (every rank must call it); rank 0 gets the tensors, the others get
-    empty dicts. Unsharded: plain ``state_dict`` copies.
+    empty dicts. Unsharded: the plain state dicts (live tensors, as ``state_dict`` returns).
     """
     if not is_sharded(model):
         return dict(model.student.state_dict()), dict(model.teacher.state_dict())
