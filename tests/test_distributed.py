@@ -260,7 +260,13 @@ def test_param_dtype_follows_precision_and_refuses_fp16(monkeypatch):
     with pytest.raises(ConfigError, match="fp16 with FSDP2 sharding"):
         d.resolve_param_dtype(auto, "fp16", "cuda")
     with pytest.raises(ConfigError, match="fp16 with FSDP2 sharding"):
-        d.resolve_param_dtype(DistributedConfig(param_dtype="fp16"), "auto", "cuda")
+        d.resolve_param_dtype(DistributedConfig(param_dtype="fp16"), "auto", "cpu")
+    # precision auto on a GPU: bf16 where supported, else the loop would autocast in fp16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert d.resolve_param_dtype(auto, "auto", "cuda") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ConfigError, match="fp16 with FSDP2 sharding"):
+        d.resolve_param_dtype(auto, "auto", "cuda")
 
 
 def test_sharding_only_with_several_processes_and_never_half_accelerate_fsdp(monkeypatch):

@@ -110,13 +110,12 @@ def resolve_param_dtype(dist_cfg: DistributedConfig, precision: str, device_type
     fp32 on CPU. fp16 parameters would need a sharded gradient scaler, which fastdino does not
     ship: that combination is refused rather than silently trained without loss scaling.
     """
+    if precision == "auto" and device_type == "cuda":
+        # the loop's autocast resolves "auto" to fp16 on GPUs without bf16
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     name = dist_cfg.param_dtype
     if name == "auto":
-        if precision == "auto":
-            cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
-            name = "bf16" if cuda_bf16 else "fp32"
-        else:
-            name = precision
+        name = "fp32" if precision == "auto" else precision
     if name == "fp16" or precision == "fp16":
         raise ConfigError(
             "fp16 with FSDP2 sharding needs a sharded gradient scaler that fastdino does not "
