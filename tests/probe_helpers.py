@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from fastdino_cli import checkpoint as ck
@@ -47,3 +48,12 @@ def synthetic_features(
     cls = torch.stack([torch.randn(n, dim, generator=g), x], dim=1)  # block -2 is noise
     patch_mean = torch.randn(n, dim, generator=g)
     return Features(cls, patch_mean, labels, [f"c{i}" for i in range(num_classes)])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and do not stall when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,7 +20,7 @@ from fastdino_cli.eval.features import (
 )
 from fastdino_cli.eval.labelled import check_same_classes, scan_labelled_folder
 from fastdino_cli.eval.probe import run_probe
-from tests.probe_helpers import tiny_checkpoint
+from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401
 
 
 def _folder(root, classes, n=2, size=20):

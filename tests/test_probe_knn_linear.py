@@ -17,7 +17,7 @@ from fastdino_cli.eval.linear import (
     linear_probe,
     stratified_split,
 )
-from tests.probe_helpers import synthetic_features
+from tests.probe_helpers import one_thread, synthetic_features  # noqa: F401
 
 
 def brute_force_knn(train, train_y, val, val_y, k, k_max, num_classes, t=0.07):

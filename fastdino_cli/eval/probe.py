@@ -165,6 +165,8 @@ def run_probe(
         raise ConfigError(f"--k values must be positive integers, got {list(ks)}")
     if any(int(b) < 1 for b in n_last_blocks):
         raise ConfigError(f"--n-last-blocks must be positive, got {list(n_last_blocks)}")
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"--holdout {holdout} must be strictly between 0 and 1")
     dev = resolve_device(device)
     train_folder = scan_labelled_folder(train, what="train")
     val_folder = scan_labelled_folder(val, what="val")
