@@ -77,7 +77,9 @@ def disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
     """Defocus kernel: a normalised aliased disk, softened by a small Gaussian (OpenCV).
 
     Radii up to 8 use a 17 x 17 support and a 3 x 3 softening window, larger radii a
-    (2r+1)^2 support and a 5 x 5 window, as in the original.
+    (2r+1)^2 support and a 5 x 5 window, as in the original. Where the disk touches the edge
+    of its support (radius 8 and 10), OpenCV's reflected border folds some softening mass back
+    in, so those kernels sum to slightly more than 1 (1.011 at radius 10), as in the original.
     """
     import cv2
 
