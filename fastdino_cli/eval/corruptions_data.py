@@ -129,7 +129,7 @@ def tensor_to_uint8(x01: torch.Tensor) -> np.ndarray:
 
 def uint8_to_tensor(x: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(x, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
 class FileSet(torch.utils.data.Dataset):
