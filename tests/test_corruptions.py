@@ -22,6 +22,7 @@ from fastdino_cli.eval.corruptions import (
 from fastdino_cli.eval.corruptions_blur import glass_offsets, glass_shuffle, glass_shuffle_loop
 from fastdino_cli.eval.corruptions_common import (
     apply_motion_blur,
+    clipped_zoom,
     disk_kernel,
     gaussian,
     motion_kernel,
@@ -213,6 +214,19 @@ def test_glass_shuffle_fast_equals_loop(delta, iterations):
     fast = glass_shuffle(img, offsets, delta)
     assert np.array_equal(fast, glass_shuffle_loop(img, offsets, delta))
     assert (fast != img).any(axis=-1).mean() > 0.3  # it really moved pixels
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.07, 1.16, 1.31, 4.5])
+def test_clipped_zoom_equals_scipy_zoom_then_trim(factor):
+    from scipy import ndimage
+
+    img = np.random.default_rng(0).random((37, 50, 3)).astype(np.float32)
+    h, w = img.shape[:2]
+    ch, cw = int(np.ceil(h / factor)), int(np.ceil(w / factor))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    full = ndimage.zoom(img[top : top + ch, left : left + cw], (factor, factor, 1), order=1)
+    tt, tl = (full.shape[0] - h) // 2, (full.shape[1] - w) // 2
+    np.testing.assert_array_equal(clipped_zoom(img, factor), full[tt : tt + h, tl : tl + w])
 
 
 def test_plasma_fractal_range_and_seed():

@@ -99,6 +99,7 @@ def plot_examples(
     severity: int = 3,
     seed: int = 0,
     corruptions: list[str] | None = None,
+    dpi: int = 110,
 ) -> Path:
     """One HxWx3 uint8 image, clean and under every corruption at ``severity``."""
     plt = _plt()
@@ -116,18 +117,18 @@ def plot_examples(
         ax.imshow(shown)
         ax.set_title(name.replace("_", " "), fontsize=9)
     fig.suptitle(f"ImageNet-C corruptions at severity {severity}", fontsize=11)
-    return _save(fig, path)
+    return _save(fig, path, dpi)
 
 
 def _rng(seed: int, name: str, severity: int) -> np.random.Generator:
     return corruption_rng(seed, name, severity, 0)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

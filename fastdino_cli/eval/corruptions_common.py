@@ -59,18 +59,32 @@ def gaussian(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: float
 
 
 def clipped_zoom(img: np.ndarray, zoom_factor: float) -> np.ndarray:
-    """Zoom into the centre by ``zoom_factor`` (bilinear, scipy) and crop back to the input size.
+    """Zoom into the centre by ``zoom_factor`` (bilinear) and crop back to the input size.
 
-    The original used the height for both axes (square crops only); here each axis uses its
-    own size, which is identical on square images.
+    The original zooms the central crop with ``scipy.ndimage.zoom(order=1)`` and trims the
+    result. Here only the kept window is interpolated, with the same coordinate map as
+    ``zoom`` (``in = out * (n_in - 1) / (n_out - 1)``), which gives identical values at about
+    half the cost (``tests/test_corruptions.py`` checks against ``zoom``). The original used
+    the height for both axes (square crops only); each axis uses its own size here.
     """
     h, w = img.shape[:2]
     ch, cw = int(np.ceil(h / zoom_factor)), int(np.ceil(w / zoom_factor))
     top, left = (h - ch) // 2, (w - cw) // 2
-    factors = (zoom_factor, zoom_factor) + (1,) * (img.ndim - 2)
-    out = ndimage.zoom(img[top : top + ch, left : left + cw], factors, order=1)
-    trim_top, trim_left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
-    return out[trim_top : trim_top + h, trim_left : trim_left + w]
+    crop = img[top : top + ch, left : left + cw]
+    zh, zw = int(round(ch * zoom_factor)), int(round(cw * zoom_factor))  # zoom's output shape
+    trim_top, trim_left = (zh - h) // 2, (zw - w) // 2
+    sy, sx = (ch - 1) / (zh - 1), (cw - 1) / (zw - 1)
+    planes = crop[..., None] if img.ndim == 2 else crop
+    out = np.empty((h, w, planes.shape[2]), dtype=img.dtype)
+    for k in range(planes.shape[2]):
+        out[..., k] = ndimage.affine_transform(
+            planes[..., k],
+            [sy, sx],
+            offset=[trim_top * sy, trim_left * sx],
+            output_shape=(h, w),
+            order=1,
+        )
+    return out[..., 0] if img.ndim == 2 else out
 
 
 def disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
