@@ -251,3 +251,26 @@ def inspect(path: str | Path) -> CheckpointInfo:
         file_size=Path(path).stat().st_size,
         probe=probe_summary,
     )
+
+
+def load_teacher_backbone(
+    path_or_ckpt: str | Path | Mapping[str, Any], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher backbone of a checkpoint, rebuilt from ``ckpt["arch"]``, strictly loaded
+    from the ``teacher`` entry's ``backbone.*`` keys, in eval mode on ``device``.
+
+    Accepts a path (read with ``load``) or an already loaded checkpoint dict; returns
+    ``(model, ckpt)`` so callers can also read ``config`` / ``probe``.
+    """
+    from fastdino_cli.model.vit import build_vit_from_arch
+
+    if isinstance(path_or_ckpt, Mapping):
+        ckpt, where = dict(path_or_ckpt), "checkpoint"
+    else:
+        ckpt, where = load(path_or_ckpt), str(path_or_ckpt)
+    state = sub_state_dict(ckpt["teacher"], "backbone")
+    if not state:
+        raise CheckpointError(f"{where} has no teacher backbone.* weights")
+    model = build_vit_from_arch(dict(ckpt["arch"]))
+    load_state_dict_strict(model, state, what=f"teacher backbone of {where}")
+    return model.to(device).eval(), ckpt

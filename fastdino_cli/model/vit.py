@@ -1,0 +1,553 @@
+"""Vision Transformer backbone that holds the official DINOv2 weights exactly.
+
+Papers: ViT (Dosovitskiy et al. 2021, https://arxiv.org/abs/2010.11929), DINOv2 (Oquab et al.
+2023, https://arxiv.org/abs/2304.07193), registers (Darcet et al. 2024,
+https://arxiv.org/abs/2309.16588), FastDINOv2 (Zhang et al. 2025).
+
+Parameter names follow the DINOv2 hub layout (``cls_token``, ``pos_embed``, ``register_tokens``,
+``mask_token``, ``patch_embed.proj``, ``blocks.i.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,
+mlp.fc1,mlp.fc2 | mlp.w12,mlp.w3,ls2.gamma}``, ``norm``) so that importing released weights is
+a renaming of chunked block names at most.
+
+Token layout inside the blocks: ``[CLS, registers..., patches...]``; registers carry no position
+embedding. Multi-crop batches go through ``forward_list``: all groups share one pass of the
+token-wise layers, attention runs per group (see ``attention.py``).
+
+Shapes: ``B`` images, ``N`` patches, ``R`` registers, ``D`` width, ``T`` tokens of all images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastdino_cli.config import ModelConfig
+from fastdino_cli.errors import CheckpointError, ConfigError
+from fastdino_cli.model.attention import Attention, GroupShapes, group_shapes, resolve_backend
+
+
+@dataclass
+class BackboneOutput:
+    """What one forward of the backbone returns (DINOv2's ``forward_features`` dict, typed)."""
+
+    cls: Tensor
+    """(B, D) CLS token after the final norm."""
+    registers: Tensor
+    """(B, R, D) register tokens after the final norm (R may be 0)."""
+    patches: Tensor
+    """(B, N, D) patch tokens after the final norm."""
+    prenorm: Tensor
+    """(B, 1 + R + N, D) tokens before the final norm."""
+    masks: Tensor | None
+    """(B, N) bool masks that replaced patch embeddings by the mask token, if any."""
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale of a residual branch (hub name ``gamma``)."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.init_value = init_value
+        self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear (hub names ``fc1``, ``fc2``)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU FFN as in the ViT-g/14 release: ``w3(silu(a) * b)`` with ``[a, b] = w12(x)``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
+def ffn_hidden_dim(dim: int, mlp_ratio: float, ffn: str) -> int:
+    """Hidden width: ``dim * mlp_ratio`` for the MLP; for SwiGLU two thirds of it, rounded up
+    to a multiple of 8 (1536 -> 4096 for ViT-g), which is what the hub weights hold."""
+    hidden = int(dim * mlp_ratio)
+    if ffn == "swiglu":
+        return (int(hidden * 2 / 3) + 7) // 8 * 8
+    return hidden
+
+
+Branch = Callable[[Tensor, GroupShapes], Tensor]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))``.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        ffn: ``"mlp"`` or ``"swiglu"``.
+        ffn_hidden: hidden width of the FFN.
+        layerscale_init: LayerScale initial value; None replaces LayerScale by ``nn.Identity``.
+        drop_path: probability of dropping each residual branch per sample (training only).
+        efficient_drop_path: compute a branch only on the kept samples (DINOv2's trick).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        ffn: str = "mlp",
+        ffn_hidden: int,
+        layerscale_init: float | None = None,
+        drop_path: float = 0.0,
+        efficient_drop_path: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.ls1 = (
+            LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = SwiGLU(dim, ffn_hidden) if ffn == "swiglu" else Mlp(dim, ffn_hidden)
+        self.ls2 = (
+            LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
+        )
+        self.drop_path = drop_path
+        self.efficient_drop_path = efficient_drop_path
+        self.attn_backend = "sdpa"
+
+    def _attn_branch(self, x: Tensor, shapes: GroupShapes) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x), shapes, self.attn_backend))
+
+    def _ffn_branch(self, x: Tensor, shapes: GroupShapes) -> Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One group ``(B, N, D)`` -> ``(B, N, D)``."""
+        return self.forward_list([x])[0]
+
+    def forward_list(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        """Several groups ``[(B_i, N_i, D)]``: token-wise layers see them concatenated."""
+        rate = self.drop_path if self.training else 0.0
+        xs = residual(xs, self._attn_branch, rate, self.efficient_drop_path)
+        return residual(xs, self._ffn_branch, rate, self.efficient_drop_path)
+
+
+def _cat(xs: Sequence[Tensor]) -> Tensor:
+    """One group stays ``(B, N, D)`` (Grad-CAM hooks see images); several become ``(T, D)``."""
+    if len(xs) == 1:
+        return xs[0]
+    return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
+
+
+def _split(y: Tensor, shapes: GroupShapes) -> list[Tensor]:
+    if len(shapes) == 1:
+        return [y]
+    parts = y.split([b * n for b, n in shapes])
+    return [p.view(b, n, -1) for p, (b, n) in zip(parts, shapes, strict=True)]
+
+
+def residual(xs: Sequence[Tensor], branch: Branch, rate: float, efficient: bool) -> list[Tensor]:
+    """``x + drop_path(branch(x))`` for every group, branch run once over all groups.
+
+    Ordinary drop path zeroes the branch of each sample with probability ``rate`` and divides
+    the kept ones by ``1 - rate``. The efficient variant (DINOv2) draws ``max(int(B(1-rate)), 1)``
+    samples per group without replacement, runs the branch only on them and adds it back scaled
+    by ``B / kept``: the same expectation, and the dropped samples cost nothing.
+    """
+    xs = list(xs)
+    if rate <= 0.0:
+        shapes = group_shapes(xs)
+        return [x + y for x, y in zip(xs, _split(branch(_cat(xs), shapes), shapes), strict=True)]
+    if not efficient:
+        shapes = group_shapes(xs)
+        ys = _split(branch(_cat(xs), shapes), shapes)
+        out = []
+        for x, y in zip(xs, ys, strict=True):
+            keep = torch.empty(x.shape[0], 1, 1, device=x.device, dtype=x.dtype)
+            keep.bernoulli_(1.0 - rate).div_(1.0 - rate)
+            out.append(x + y * keep)
+        return out
+    idxs = []
+    for x in xs:
+        b = x.shape[0]
+        idxs.append(torch.randperm(b, device=x.device)[: max(int(b * (1.0 - rate)), 1)])
+    subsets = [x[i] for x, i in zip(xs, idxs, strict=True)]
+    shapes = group_shapes(subsets)
+    ys = _split(branch(_cat(subsets), shapes), shapes)
+    out = []
+    for x, y, i in zip(xs, ys, idxs, strict=True):
+        scale = x.shape[0] / len(i)
+        flat = torch.index_add(x.flatten(1), 0, i, y.to(x.dtype).flatten(1), alpha=scale)
+        out.append(flat.view_as(x))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The backbone
+# --------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches by a Conv2d with kernel = stride = patch (hub name ``proj``)."""
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, N, D), N = (H // p) * (W // p)."""
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(nn.Module):
+    """DINOv2-compatible ViT (see the module docstring). Build with ``build_vit``.
+
+    Args:
+        arch: name of the size preset the dims came from (kept for ``arch_dict``).
+        patch_size, img_size: the learnable position grid is ``img_size // patch_size`` square.
+        embed_dim, depth, num_heads: width, number of blocks, heads.
+        ffn, mlp_ratio: FFN type (``mlp`` / ``swiglu``) and hidden ratio.
+        num_register_tokens: registers inserted after CLS.
+        layerscale_init: LayerScale initial value, None for no LayerScale.
+        drop_path_rate: uniform stochastic-depth rate of every block.
+        efficient_drop_path: run dropped branches only on kept samples.
+        interpolate_antialias, interpolate_offset: position-embedding interpolation settings.
+        attention: attention backend request (``auto|sdpa|xformers|varlen``).
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str = "custom",
+        patch_size: int = 16,
+        img_size: int = 224,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        ffn: str = "mlp",
+        mlp_ratio: float = 4.0,
+        num_register_tokens: int = 0,
+        layerscale_init: float | None = 1e-5,
+        drop_path_rate: float = 0.0,
+        efficient_drop_path: bool = True,
+        interpolate_antialias: bool = False,
+        interpolate_offset: float = 0.1,
+        attention: str = "auto",
+    ) -> None:
+        super().__init__()
+        if img_size < patch_size:
+            raise ConfigError(f"model.img_size={img_size} is smaller than patch {patch_size}")
+        self.arch = arch
+        self.patch_size = patch_size
+        self.img_size = img_size
+        self.pos_grid = img_size // patch_size
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.ffn = ffn
+        self.mlp_ratio = mlp_ratio
+        self.num_register_tokens = num_register_tokens
+        self.layerscale_init = layerscale_init
+        self.interpolate_antialias = interpolate_antialias
+        self.interpolate_offset = interpolate_offset
+        self.attention = attention
+
+        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pos_grid**2, embed_dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
+            if num_register_tokens
+            else None
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        hidden = ffn_hidden_dim(embed_dim, mlp_ratio, ffn)
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                ffn=ffn,
+                ffn_hidden=hidden,
+                layerscale_init=layerscale_init,
+                drop_path=drop_path_rate,
+                efficient_drop_path=efficient_drop_path,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.init_weights()
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def arch_dict(self) -> dict[str, Any]:
+        """Plain data that rebuilds this backbone (``checkpoint["arch"]``)."""
+        return {
+            "arch": self.arch,
+            "patch_size": self.patch_size,
+            "img_size": self.img_size,
+            "pos_grid": self.pos_grid,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "ffn": self.ffn,
+            "mlp_ratio": self.mlp_ratio,
+            "ffn_hidden_dim": ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn),
+            "num_register_tokens": self.num_register_tokens,
+            "layerscale": self.layerscale_init is not None,
+            "layerscale_init": self.layerscale_init,
+            "interpolate_antialias": self.interpolate_antialias,
+            "interpolate_offset": self.interpolate_offset,
+        }
+
+    # ---- init --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """DINOv2's init: pos embed and Linear trunc_normal(0.02), zero biases, CLS and registers
+        N(0, 1e-6), mask token zeros, LayerNorm (1, 0), LayerScale its init value, conv default.
+        Works on meta tensors too (then it only records intent)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        nn.init.zeros_(self.mask_token)
+        self.patch_embed.proj.reset_parameters()
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, LayerScale):
+                m.gamma.fill_(m.init_value)
+
+    # ---- tokens ------------------------------------------------------------------------------
+
+    def prepare_tokens(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + R + N, D): patches, mask tokens, CLS, pos embed, registers."""
+        b, _, h, w = x.shape
+        p = self.patch_size
+        if h < p or w < p:
+            raise ConfigError(f"input {h}x{w} is smaller than one {p}x{p} patch")
+        t = self.patch_embed(x)
+        if masks is not None:
+            if masks.shape != t.shape[:2]:
+                raise ValueError(f"masks {tuple(masks.shape)} do not match patches {t.shape[:2]}")
+            t = torch.where(masks.unsqueeze(-1), self.mask_token.to(t.dtype).unsqueeze(0), t)
+        t = torch.cat([self.cls_token.expand(b, -1, -1).to(t.dtype), t], dim=1)
+        pos = interpolate_pos_embed(
+            self.pos_embed,
+            (h // p, w // p),
+            antialias=self.interpolate_antialias,
+            offset=self.interpolate_offset,
+        )
+        t = t + pos.to(t.dtype)
+        if self.register_tokens is not None:
+            regs = self.register_tokens.expand(b, -1, -1).to(t.dtype)
+            t = torch.cat([t[:, :1], regs, t[:, 1:]], dim=1)
+        return t
+
+    def _set_backend(self, device: torch.device, n_groups: int) -> None:
+        # One group gains nothing from packing: grouped SDPA is one dense call then.
+        request = "sdpa" if n_groups == 1 and self.attention == "auto" else self.attention
+        backend = resolve_backend(request, device)
+        for blk in self.blocks:
+            blk.attn_backend = backend
+
+    def _output(self, x: Tensor, masks: Tensor | None) -> BackboneOutput:
+        x_norm = self.norm(x)
+        r = self.num_register_tokens
+        return BackboneOutput(
+            cls=x_norm[:, 0],
+            registers=x_norm[:, 1 : 1 + r],
+            patches=x_norm[:, 1 + r :],
+            prenorm=x,
+            masks=masks,
+        )
+
+    # ---- forwards ----------------------------------------------------------------------------
+
+    def forward_list(
+        self, xs: Sequence[Tensor], masks: Sequence[Tensor | None] | None = None
+    ) -> list[BackboneOutput]:
+        """Several groups of same-size images (e.g. global and local crops) in one pass."""
+        masks = list(masks) if masks is not None else [None] * len(xs)
+        if len(masks) != len(xs):
+            raise ValueError(f"{len(xs)} groups of images but {len(masks)} masks")
+        tokens = [self.prepare_tokens(x, m) for x, m in zip(xs, masks, strict=True)]
+        self._set_backend(tokens[0].device, len(tokens))
+        for blk in self.blocks:
+            tokens = blk.forward_list(tokens)
+        return [self._output(t, m) for t, m in zip(tokens, masks, strict=True)]
+
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> BackboneOutput:
+        """One batch of normalised images ``(B, 3, H, W)``."""
+        return self.forward_list([x], [masks])[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, D) normalised CLS token."""
+        return self.forward_features(x).cls
+
+    def get_intermediate_layers(
+        self, x: Tensor, n: int | Sequence[int] = 1, norm: bool = True
+    ) -> list[tuple[Tensor, Tensor]]:
+        """(patches (B, N, D), cls (B, D)) after the last ``n`` blocks (or the listed block
+        indices), in block order; the final norm is applied when ``norm``."""
+        depth = len(self.blocks)
+        wanted = set(range(depth - n, depth)) if isinstance(n, int) else set(n)
+        if not wanted or min(wanted) < 0 or max(wanted) >= depth:
+            raise ValueError(f"blocks {sorted(wanted)} out of range for depth {depth}")
+        t = self.prepare_tokens(x)
+        self._set_backend(t.device, 1)
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            t = blk(t)
+            if i in wanted:
+                outs.append(self.norm(t) if norm else t)
+        r = self.num_register_tokens
+        return [(o[:, 1 + r :], o[:, 0]) for o in outs]
+
+
+# --------------------------------------------------------------------------------------------
+# Position embedding interpolation (shared by forward, import and evaluation)
+# --------------------------------------------------------------------------------------------
+
+
+def interpolate_pos_embed(
+    pos_embed: Tensor,
+    grid_hw: tuple[int, int],
+    *,
+    num_prefix_tokens: int = 1,
+    antialias: bool = False,
+    offset: float = 0.1,
+) -> Tensor:
+    """Resample a square learnable position grid to ``grid_hw`` (rows, cols of patches).
+
+    ``pos_embed`` is ``(1, P + M*M, D)`` with ``P`` prefix tokens (CLS) kept as they are.
+    Matches DINOv2: returned unchanged when the grid already matches; otherwise bicubic in fp32
+    and cast back. With ``offset > 0`` (the legacy kludge of the non-register releases) the
+    target is given as ``scale_factor = (h + offset) / M, (w + offset) / M``; with 0 as an
+    explicit size.
+    """
+    gh, gw = grid_hw
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    m = math.isqrt(grid.shape[1])
+    if m * m != grid.shape[1]:
+        raise CheckpointError(f"pos_embed has {grid.shape[1]} grid entries, not a square")
+    if (gh, gw) == (m, m):
+        return pos_embed
+    dim = grid.shape[-1]
+    grid_1DMM = grid.float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    if offset:
+        kwargs: dict[str, Any] = {"scale_factor": ((gh + offset) / m, (gw + offset) / m)}
+    else:
+        kwargs = {"size": (gh, gw)}
+    out = F.interpolate(grid_1DMM, mode="bicubic", antialias=antialias, **kwargs)
+    if tuple(out.shape[-2:]) != (gh, gw):
+        raise AssertionError(f"interpolated grid {tuple(out.shape[-2:])} != {(gh, gw)}")
+    out = out.permute(0, 2, 3, 1).reshape(1, gh * gw, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, out], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Size table and builders
+# --------------------------------------------------------------------------------------------
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3, "ffn": "mlp"},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6, "ffn": "mlp"},
+    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12, "ffn": "mlp"},
+    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "ffn": "mlp"},
+    "vit_giant2": {"embed_dim": 1536, "depth": 40, "num_heads": 24, "ffn": "swiglu"},
+}
+"""DINOv2 sizes (the hub builds ViT-g with the SwiGLU FFN, the others with the GELU MLP)."""
+
+
+def build_vit(cfg: ModelConfig, device: torch.device | str | None = None) -> VisionTransformer:
+    """The backbone described by the ``model`` config section (arch preset + overrides).
+
+    ``device="meta"`` builds it without memory (shapes only), e.g. to inspect ViT-g on a laptop.
+    """
+    base = ARCHS[cfg.arch]
+    kwargs = {
+        "arch": cfg.arch,
+        "patch_size": cfg.patch_size,
+        "img_size": cfg.img_size,
+        "embed_dim": cfg.embed_dim or base["embed_dim"],
+        "depth": cfg.depth or base["depth"],
+        "num_heads": cfg.num_heads or base["num_heads"],
+        "ffn": cfg.ffn or base["ffn"],
+        "mlp_ratio": cfg.mlp_ratio,
+        "num_register_tokens": cfg.num_register_tokens,
+        "layerscale_init": cfg.layerscale_init,
+        "drop_path_rate": cfg.drop_path_rate,
+        "efficient_drop_path": cfg.efficient_drop_path,
+        "interpolate_antialias": cfg.interpolate_antialias,
+        "interpolate_offset": cfg.interpolate_offset,
+        "attention": cfg.attention,
+    }
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return VisionTransformer(**kwargs)
+
+
+ARCH_KEYS = (
+    "patch_size",
+    "img_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "ffn",
+    "mlp_ratio",
+    "num_register_tokens",
+)
+
+
+def build_vit_from_arch(
+    arch: dict[str, Any], device: torch.device | str | None = None
+) -> VisionTransformer:
+    """Rebuild a backbone from ``checkpoint["arch"]`` (``VisionTransformer.arch_dict()``)."""
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise CheckpointError(f"checkpoint arch entry lacks {missing}; it cannot be rebuilt")
+    layerscale = arch.get("layerscale", True)
+    kwargs = {k: arch[k] for k in ARCH_KEYS}
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return VisionTransformer(
+            arch=str(arch.get("arch", "custom")),
+            layerscale_init=(arch.get("layerscale_init") or 1.0) if layerscale else None,
+            interpolate_antialias=bool(arch.get("interpolate_antialias", False)),
+            interpolate_offset=float(arch.get("interpolate_offset", 0.1)),
+            attention="sdpa",
+            **kwargs,
+        )
