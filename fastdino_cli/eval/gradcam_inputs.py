@@ -16,13 +16,16 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
-from torchvision.transforms import v2 as T
 
 from fastdino_cli.errors import DataError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastdino_cli.eval.features import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FeatureRecipe,
+    default_recipe,
+    eval_transform,
+)
+from fastdino_cli.eval.labelled import IMAGE_EXTENSIONS, resolve_layout
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def list_images(paths: Sequence[str | Path]) -> list[Sample]:
         elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if _is_image(f))
             if not found:
-                raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {p}")
+                raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {p}")
             samples += [Sample(f) for f in found]
         elif p.exists():
             samples.append(Sample(p))
@@ -63,10 +66,14 @@ def list_images(paths: Sequence[str | Path]) -> list[Sample]:
 
 
 def labelled_classes(root: str | Path) -> dict[str, list[Path]]:
-    """``root/<class>/**/image`` -> {class: sorted images}; empty classes are left out."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"labelled folder {root} does not exist or is not a folder")
+    """``root/<class>/**/image`` -> {class: sorted images}; empty classes are left out.
+
+    FastDINOv2's ``<level>/{labels.txt, val/}`` layout is unwrapped as by the probes.
+    """
+    given = Path(root)
+    if not given.is_dir():
+        raise DataError(f"labelled folder {given} does not exist or is not a folder")
+    root = resolve_layout(given)
     classes = {
         d.name: sorted(f for f in d.rglob("*") if _is_image(f))
         for d in sorted(root.iterdir())
@@ -74,7 +81,7 @@ def labelled_classes(root: str | Path) -> dict[str, list[Path]]:
     }
     classes = {k: v for k, v in classes.items() if v}
     if not classes:
-        raise DataError(f"{root} holds no class folders with images (expected {root}/<class>/*)")
+        raise DataError(f"{given} holds no class folders with images (expected {given}/<class>/*)")
     return classes
 
 
@@ -100,17 +107,12 @@ def read_image(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {reason[:160]}; remove or replace it") from None
 
 
-def eval_transform(image_size: int, resize_size: int | None = None) -> Callable:
-    """Resize the short side (bicubic) then centre-crop: PIL -> (3, S, S) float in [0, 1]."""
-    resize = resize_size or round(image_size * 256 / 224)
-    return T.Compose(
-        [
-            T.PILToTensor(),
-            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-            T.CenterCrop(image_size),
-            T.ToDtype(torch.float32, scale=True),
-        ]
+def sized_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
+    """The probes' eval transform at an explicit size: resize to size*256/224, centre-crop."""
+    recipe = FeatureRecipe(
+        resize_size=round(image_size * 256 / 224), crop_size=image_size, mean=mean, std=std
     )
+    return eval_transform(recipe, normalize=False)
 
 
 def load_pixels(samples: Sequence[Sample], transform: Callable) -> Tensor:
@@ -192,16 +194,15 @@ def load_cam_model(path: str | Path, device: str | torch.device = "cpu") -> CamM
             path=str(path),
         )
     backbone, _ = checkpoint.load_teacher_backbone(ckpt, device=device)
-    crops = (ckpt.get("config") or {}).get("crops") or {}
-    size = (ckpt.get("arch") or {}).get("img_size") or (
-        (ckpt.get("config") or {}).get("model") or {}
-    ).get("img_size")
+    recipe = default_recipe(ckpt)  # what `fastdino probe` would use: final global crop size
     return CamModel(
         name=name,
         backbone=backbone,
-        mean=tuple(crops.get("mean", IMAGENET_MEAN)),
-        std=tuple(crops.get("std", IMAGENET_STD)),
-        image_size=int(size) if size else None,
+        mean=recipe.mean,
+        std=recipe.std,
+        image_size=recipe.crop_size,
+        resize_size=recipe.resize_size,
+        preprocess=eval_transform(recipe, normalize=False),
         path=str(path),
     )
 

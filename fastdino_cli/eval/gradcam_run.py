@@ -32,11 +32,11 @@ from fastdino_cli.eval.gradcam_inputs import (
     CamModel,
     Sample,
     class_prototypes,
-    eval_transform,
     list_images,
     load_cam_model,
     load_pixels,
     sample_per_class,
+    sized_transform,
 )
 
 TARGET_HELP = "predicted | true | class:NAME | self | prototype | prototype:NAME"
@@ -115,9 +115,10 @@ def _resolve_device(device: str) -> str:
 def _class_index(model: CamModel, name: str, what: str) -> int:
     assert model.class_names is not None
     if name not in model.class_names:
+        shown = ", ".join(model.class_names[:12]) + (", ..." if len(model.class_names) > 12 else "")
         raise ConfigError(
             f"{what} {name!r} is not a class of the probe of {model.path or model.name} "
-            f"(classes: {', '.join(model.class_names[:12])}{', ...' if len(model.class_names) > 12 else ''})"
+            f"(classes: {shown})"
         )
     return model.class_names.index(name)
 
@@ -239,8 +240,7 @@ def run_gradcam(
     if image_size is None and first.preprocess is not None:
         transform = first.preprocess
     else:
-        size = image_size or first.image_size or 224
-        transform = eval_transform(size, None if image_size else first.resize_size)
+        transform = sized_transform(image_size or first.image_size or 224)
     known = {c for m in models for c in (m.class_names or [])}
     if images:
         samples = [
