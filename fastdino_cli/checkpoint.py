@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -89,11 +90,15 @@ def save(ckpt: Mapping[str, Any], path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror or e}; make {path.parent} writable "
+            "or choose another output"
+        ) from e
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(ckpt), f)
             f.flush()
+            _maybe_die_for_tests(f)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -102,12 +107,45 @@ def save(ckpt: Mapping[str, Any], path: str | Path) -> Path:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
+        cause = _os_error_in(e)
+        if cause is not None:
             raise CheckpointError(
-                f"cannot write checkpoint {path}: {e.strerror or e}; the previous file is intact"
+                f"cannot write checkpoint {path}: {cause.strerror or cause}; the previous file is "
+                "intact: free space or fix permissions, then run the same command again"
             ) from e
         raise
     return path
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch's zip writer turns a full disk into a RuntimeError."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+_saves_in_process = 0
+
+
+def _maybe_die_for_tests(f) -> None:
+    """Fault injection for ``tests/test_crash_consistency.py``, inert unless the variable is set.
+
+    ``FASTDINO_TEST_KILL_IN_SAVE=N`` SIGKILLs this process during its N-th ``save``, after the
+    temp file is half written and before the rename: exactly what a crash mid-write leaves.
+    """
+    global _saves_in_process
+    target = os.environ.get("FASTDINO_TEST_KILL_IN_SAVE")
+    if not target:
+        return
+    _saves_in_process += 1
+    if _saves_in_process == int(target):
+        f.truncate(max(1, f.tell() // 2))
+        f.flush()
+        os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(folder: Path) -> None:

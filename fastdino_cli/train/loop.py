@@ -18,6 +18,7 @@ RNG states and the step; the sample order and every augmentation are pure functi
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -47,6 +48,18 @@ from fastdino_cli.train.schedules import (
     build_param_groups,
     clip_grad_norms,
 )
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Data-loader workers leave SIGTERM to the main process, which checkpoints and stops them.
+
+    Schedulers (Slurm, Kubernetes) signal every process of a job; a worker dying of it would
+    crash the main process before it can write its checkpoint.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainingDiverged(FastdinoError):
@@ -172,8 +185,17 @@ def pretrain(
     lock = rd.RunLock(run_dir) if main else None
     if lock:
         lock.__enter__()
+        rd.remove_partial_writes(run_dir)
     try:
         return _run(cfg, run_dir, accelerator, resume, force_config, progress, main)
+    except OSError as e:  # disk full, quota, read-only: one line, the last checkpoint is kept
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        raise FastdinoError(
+            f"cannot write {e.filename or run_dir}: {e.strerror}; the last checkpoint "
+            f"{run_dir / 'checkpoint.pt'} is intact: free space or fix permissions, then run "
+            "the same command again to resume"
+        ) from e
     finally:
         if lock:
             lock.__exit__()
@@ -410,6 +432,7 @@ def _build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLo
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
         prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=_ignore_sigterm if workers > 0 else None,
         # its own generator: creating the iterator must not consume the global RNG, or a
         # resumed run's drop-path draws would shift by one
         generator=torch.Generator().manual_seed(seed_for(cfg.train.seed, start, 2)),

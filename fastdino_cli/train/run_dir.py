@@ -2,7 +2,10 @@
 
 A run directory is never overwritten: when it already holds a run, ``pretrain`` resumes it (and
 refuses a different config unless forced). Two processes on the same directory refuse through a
-lock file holding the owner's PID; a lock left by a dead process is taken over.
+lock file holding the owner's PID, host and process start time; a lock left by a dead process is
+taken over (a recycled PID does not fool it: the start time differs). The owner touches the lock
+every ``HEARTBEAT_S``; a lock written on another host (a pre-empted job restarted elsewhere on a
+shared filesystem) is stale once its heartbeat is older than ``FOREIGN_STALE_S``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import os
 import random
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,55 +46,97 @@ class RunLocked(FastdinoError):
 
 
 class RunLock:
-    """``RUN_DIR/.lock`` with ``pid host``; stale locks of dead processes are taken over."""
+    """``RUN_DIR/.lock`` holding ``pid host start_time``; stale locks are taken over."""
+
+    HEARTBEAT_S = 30.0
+    FOREIGN_STALE_S = 300.0
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".lock"
         self.held = False
+        self._stop = threading.Event()
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {socket.gethostname()}"
+        me = f"{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}"
         for _ in range(3):
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if self._owner_alive():
-                    owner = self.path.read_text().strip()
+                owner = self._live_owner()
+                if owner:
                     raise RunLocked(
-                        f"{self.path.parent} is in use by another fastdino process (pid/host "
-                        f"{owner}); wait for it or choose another --out"
+                        f"{self.path.parent} is in use by another fastdino process ({owner}); "
+                        f"wait for it or choose another --out (delete {self.path} only if no "
+                        "run is active)"
                     ) from None
                 self.path.unlink(missing_ok=True)
                 continue
+            except OSError as e:
+                raise RunLocked(
+                    f"cannot write to the run directory {self.path.parent} "
+                    f"({e.strerror or e}); make it writable or choose another --out"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.held = True
+            threading.Thread(target=self._heartbeat, daemon=True, name="run-lock").start()
             return self
         raise RunLocked(f"could not take the lock {self.path}; remove it if no run is active")
 
-    def _owner_alive(self) -> bool:
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def _live_owner(self) -> str | None:
+        """A description of the lock's owner when it may still be running, else None."""
         try:
-            pid_s, _, host = self.path.read_text().strip().partition(" ")
+            text = self.path.read_text().strip()
+            age = time.time() - self.path.stat().st_mtime
+            pid_s, host, started = (text.split() + ["", "", ""])[:3]
             pid = int(pid_s)
         except (OSError, ValueError):
-            return False
-        if host and host != socket.gethostname():
-            return True  # cannot check a process on another machine: assume it is alive
+            return None
+        if host and host != socket.gethostname():  # cannot see that process: trust its heartbeat
+            if age > self.FOREIGN_STALE_S:
+                return None
+            return f"pid {pid} on host {host}, lock touched {age:.0f} s ago"
         if pid == os.getpid():
-            return False
+            return None
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return False
+            return None
         except PermissionError:
-            return True
-        return _not_zombie(pid)
+            return f"pid {pid}"
+        if not _not_zombie(pid) or (started and started != _start_time(pid)):
+            return None  # dead, or the PID now belongs to another process
+        return f"pid {pid}"
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def _start_time(pid: int) -> str:
+    """Start time of ``pid`` in clock ticks since boot ('' where /proc is not available)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete temp files a killed process left half-written (call only while holding the lock)."""
+    run_dir = Path(run_dir)
+    for pattern in (".*.pt.*.tmp", "checkpoints/.step_*.pt.tmp", "metrics.tmp"):
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _not_zombie(pid: int) -> bool:
