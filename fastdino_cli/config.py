@@ -289,6 +289,39 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        """Checks across sections. Crops LARGER than ``model.img_size`` are valid (the position
+        embedding is interpolated: FastDINOv2's stage 2 does exactly that); invalid are sizes
+        that do not tile into patches and ranges whose ends are swapped or out of bounds."""
+        p = self.model.patch_size
+        sizes = {
+            "model.img_size": self.model.img_size,
+            "crops.global_crops_size": self.crops.global_crops_size,
+            "crops.local_crops_size": self.crops.local_crops_size,
+        }
+        for i, st in enumerate(self.curriculum.stages):
+            for kind in ("global", "local"):
+                if getattr(st, f"{kind}_crops_size") is not None:
+                    key = f"curriculum.stages.{i}.{kind}_crops_size"
+                    sizes[key] = getattr(st, f"{kind}_crops_size")
+        for key, size in sizes.items():
+            if size % p:
+                raise ValueError(
+                    f"{key}={size} is not a multiple of model.patch_size={p}; use e.g. "
+                    f"{max(p, size // p * p)} (the border would be silently dropped)"
+                )
+        ranges = {
+            "crops.global_crops_scale": (self.crops.global_crops_scale, 0.0, 1.0),
+            "crops.local_crops_scale": (self.crops.local_crops_scale, 0.0, 1.0),
+            "crops.blur_sigma": (self.crops.blur_sigma, 0.0, float("inf")),
+            "ibot.mask_ratio_min_max": (self.ibot.mask_ratio_min_max, 0.0, 1.0),
+        }
+        for key, ((a, b), lo, hi) in ranges.items():
+            if not lo < a <= b <= hi and not (key.startswith("ibot") and a == 0 <= b <= hi):
+                raise ValueError(f"{key}=[{a}, {b}] must satisfy {lo} < min <= max <= {hi}")
+        return self
+
     @property
     def total_iterations(self) -> int:
         """Iterations of the whole run (``optim.epochs`` x ``train.epoch_length``)."""

@@ -134,9 +134,7 @@ def assert_same(a: dict, b: dict) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(
-    tmp_path, demo_data, reference
-):
+def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path, demo_data, reference):
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", out, demo_data.train)
     rng = random.Random(1234)
@@ -161,7 +159,11 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(
     assert saved_step(out) < TOTAL and not (out / "final.pt").exists()
     resume_at = saved_step(out)
     res = pretrain(cfg, progress=False)
-    assert res.resumed_from == (resume_at or None) and res.steps_done == TOTAL and not (out / ".lock").exists()
+    assert (
+        res.resumed_from == (resume_at or None)
+        and res.steps_done == TOTAL
+        and not (out / ".lock").exists()
+    )
     assert not temp_files(out)  # the half-written file of the killed save was cleaned up
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(TOTAL))

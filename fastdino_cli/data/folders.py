@@ -144,6 +144,17 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = old
 
 
+def read_rgb_or_fail(path: str | Path) -> Image.Image:
+    """``load_rgb`` for the evaluations, where a bad file is not skipped but reported: a one-line
+    ``DataError`` naming it. Same conversions (CMYK, grayscale, 16-bit, huge) as pretraining."""
+    try:
+        return load_rgb(path)
+    except UnreadableImage as e:
+        cause = e.__cause__ or e
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:160]
+        raise DataError(f"cannot read image {path}: {reason}; remove or replace the file") from None
+
+
 def first_readable(files: list[Path], limit: int | None = None) -> int:
     """Index of the first file that decodes; ``DataError`` when none of them does."""
     for i, f in enumerate(files[: limit or len(files)]):

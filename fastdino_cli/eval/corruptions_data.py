@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastdino_cli.data.folders import read_rgb_or_fail
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.corruptions import corrupt, corruption_rng
 
@@ -148,11 +149,7 @@ class FileSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         path, label, task = self.items[i]
-        try:
-            with Image.open(path) as img:
-                x = self.transform(img.convert("RGB"))
-        except OSError as e:
-            raise DataError(f"{path} cannot be read as an image ({e}); remove or replace it") from e
+        x = self.transform(read_rgb_or_fail(path))
         return uint8_to_tensor(x), label, task
 
 
@@ -182,11 +179,7 @@ class CorruptedSet(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
         index, task_index = divmod(k, len(self.tasks))
         sample, task = self.samples[index], self.tasks[task_index]
-        try:
-            with Image.open(sample.path) as img:
-                x = self.transform(img.convert("RGB"))
-        except OSError as e:
-            raise DataError(f"{sample.path} cannot be read ({e}); remove or replace it") from e
+        x = self.transform(read_rgb_or_fail(sample.path))
         if task.corruption != CLEAN:
             rng = corruption_rng(self.seed, task.corruption, task.severity, index)
             x = corrupt(x, task.corruption, task.severity, rng)

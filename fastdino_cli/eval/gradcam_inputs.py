@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
 
+from fastdino_cli.data.folders import read_rgb_or_fail
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.features import (
     IMAGENET_MEAN,
@@ -99,12 +100,7 @@ def sample_per_class(root: str | Path, per_class: int, seed: int = 0) -> list[Sa
 
 def read_image(path: Path) -> Image.Image:
     """An RGB PIL image, or a one-line DataError naming the file."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot read image {path}: {reason[:160]}; remove or replace it") from None
+    return read_rgb_or_fail(path)
 
 
 def sized_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:

@@ -21,8 +21,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from fastdino_cli.data.folders import read_rgb_or_fail
 from fastdino_cli.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -52,12 +53,7 @@ class LabelledFolder:
 
     def load_rgb(self, index: int) -> Image.Image:
         """Decode one image as RGB; an unreadable file is a ``DataError`` naming it."""
-        path = self.paths[index]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+        return read_rgb_or_fail(self.paths[index])  # CMYK, 16-bit, huge: as in pretraining
 
 
 def resolve_layout(root: Path) -> Path:

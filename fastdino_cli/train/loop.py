@@ -49,7 +49,6 @@ from fastdino_cli.train.schedules import (
     clip_grad_norms,
 )
 
-
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
