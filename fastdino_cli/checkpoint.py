@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import tempfile
 import zipfile
@@ -173,12 +174,23 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass a .pt file such as {path}/final.pt")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):  # torch zip, or legacy pickle
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (not a torch.save file); "
+            "pass a .pt file written by fastdino"
+        )
+    try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it references {found.group(1)}" if found else "unsafe content"
         raise CheckpointError(
-            f"{path} holds objects that need arbitrary code to load ({first[:160]}); "
-            "fastdino only loads plain tensors and containers"
+            f"{path} holds objects that need arbitrary code to load ({what}); fastdino only "
+            "loads plain tensors and containers: do not load it unless you trust its source"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

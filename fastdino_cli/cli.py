@@ -60,6 +60,17 @@ app.add_typer(checkpoint_cmd.app, name="checkpoint")
 app.add_typer(data_cmd.app, name="data")
 
 
+def _one_line(e: FastdinoError) -> str:
+    """The message; for an error re-raised from a data-loader worker (torch prepends "Caught ...
+    in DataLoader worker" and the worker's traceback), only the original message."""
+    text = str(e).strip()
+    if text.startswith("Caught ") and "\n" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        text = last.removeprefix(prefix)
+    return " ".join(text.split("\n")) if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, report user errors in one line."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     except FastdinoError as e:
         if _state["debug"]:
             raise
-        print(f"fastdino: error: {e}", file=sys.stderr)
+        print(f"fastdino: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("fastdino: interrupted", file=sys.stderr)

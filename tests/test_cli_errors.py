@@ -1,0 +1,534 @@
+"""Every user mistake is ONE line on stderr naming the culprit, exit code 2, no traceback.
+
+Table-driven over ``fastdino_cli.cli.main([...])``: bad dataset paths and folders, bad image
+files, bad checkpoints (wrong kind, newer version, truncated, malicious pickle), preset / key
+typos, out-of-range values, an ImageNet-C root with missing severities and a probe head whose
+classes are not those of the evaluation data. Images that are merely unusual (CMYK, grayscale,
+16-bit, palette with transparency, 6000x4000) must be HANDLED by every loader, not rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastdino_cli import checkpoint as ck
+from fastdino_cli.cli import main
+from fastdino_cli.config import ModelConfig
+from fastdino_cli.errors import FastdinoError
+from fastdino_cli.eval.classifier import make_probe_entry
+from fastdino_cli.eval.features import FeatureRecipe
+from fastdino_cli.model.vit import build_vit
+
+MARKER = "fastdino_pwned_marker"
+
+
+class _Evil:
+    """Unpickling this would run a shell command; ``weights_only`` loading must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _png(path: Path, color=(120, 40, 200), size=(32, 32), mode="RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+def _labelled(root: Path, classes: list[str], per_class: int = 3) -> Path:
+    for ci, name in enumerate(classes):
+        for i in range(per_class):
+            _png(root / name / f"{i}.png", color=(20 * ci, 100, 10 * i))
+    return root
+
+
+@dataclass
+class World:
+    """Every bad (and good) input the table refers to, built once per module."""
+
+    tmp: Path
+    train: Path
+    val: Path
+    ckpt: Path
+    noprobe: Path
+    classes: list[str]
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory, demo_data) -> World:
+    tmp = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="vit_tiny", patch_size=8, img_size=32, embed_dim=32, depth=2, num_heads=2
+    )
+    model = build_vit(cfg)
+    teacher = {f"backbone.{k}": v.clone() for k, v in model.state_dict().items()}
+    base = ck.make_checkpoint(
+        config={"model": cfg.model_dump(mode="python")}, arch=model.arch_dict(), teacher=teacher
+    )
+    noprobe = ck.save(base, tmp / "noprobe.pt")
+    classes = list(demo_data.class_names)
+    classes_sorted = sorted(classes)
+    probe = make_probe_entry(
+        weight=torch.randn(len(classes), 32),
+        bias=torch.zeros(len(classes)),
+        n_last_blocks=1,
+        avgpool=False,
+        lr=0.1,
+        recipe=FeatureRecipe(resize_size=36, crop_size=32),
+        class_names=classes_sorted,
+        accuracy={"val": 0.1},
+        protocol={},
+    )
+    ckpt = ck.save({**base, "probe": probe}, tmp / "probed.pt")
+    # checkpoints that must be refused
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp / "wrong_kind.pt")
+    torch.save({**base, "version": ck.VERSION + 1}, tmp / "newer.pt")
+    data = ckpt.read_bytes()
+    (tmp / "truncated.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"format": "fastdino", "evil": _Evil(tmp / MARKER)}, tmp / "malicious.pt")
+    (tmp / "text.pt").write_text("not a checkpoint\n")
+    run = tmp / "run_wrong_kind"
+    run.mkdir()
+    shutil.copy(tmp / "wrong_kind.pt", run / "checkpoint.pt")
+    # folders
+    (tmp / "empty").mkdir()
+    (tmp / "texts").mkdir()
+    (tmp / "texts" / "readme.txt").write_text("no images here")
+    (tmp / "afile.png").write_bytes(b"")
+    broken = tmp / "broken"
+    broken.mkdir()
+    (broken / "zero.png").write_bytes(b"")
+    (broken / "text.jpg").write_text("this is not a jpeg")
+    good = tmp / "good.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(good, quality=95)
+    (broken / "truncated.jpg").write_bytes(good.read_bytes()[:300])
+    _labelled(tmp / "one_class", ["only"])
+    _labelled(tmp / "val_extra", [*classes_sorted, "zebra"], per_class=1)
+    _labelled(tmp / "other_classes", ["ant", "bee"], per_class=2)
+    _labelled(tmp / "empty_class", ["a", "b"])
+    shutil.rmtree(tmp / "empty_class" / "b")
+    (tmp / "empty_class" / "b").mkdir()
+    _labelled(tmp / "flat", [])
+    _png(tmp / "flat" / "loose.png")
+    for kind, payload in (
+        ("truncated", good.read_bytes()[:300]),
+        ("zero", b""),
+        ("text", b"GIF89a? no"),
+    ):
+        sub = _labelled(tmp / f"lab_{kind}", ["a", "b"], per_class=2)
+        (sub / "b" / f"bad_{kind}.jpg").write_bytes(payload)
+    sub = _labelled(tmp / "val_with_zero_byte", classes_sorted, per_class=1)
+    (sub / classes_sorted[-1] / "zero.png").write_bytes(b"")
+    # ImageNet-C root with severities 1-2 of one corruption only
+    for sev in (1, 2):
+        _labelled(tmp / "imagenet_c" / "gaussian_noise" / str(sev), classes_sorted[:2], 1)
+    (tmp / "bad.yaml").write_text("optim: [unclosed\n")
+    return World(tmp, Path(demo_data.train), Path(demo_data.val), ckpt, noprobe, classes_sorted)
+
+
+def _pretrain(w: World, data, *extra: str) -> list[str]:
+    out = w.tmp / "runs" / f"r{abs(hash((str(data), extra))) % 10**8}"
+    return ["pretrain", "--preset", "demo", "--out", str(out), f"data.train={data}", *extra]
+
+
+# (id, argv builder, substrings the one line must contain)
+CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]]]] = [
+    # presets, keys, values
+    ("preset-typo", lambda w: ["presets", "show", "demoo"], lambda w: ["'demoo'", "'demo'"]),
+    (
+        "key-typo",
+        lambda w: ["presets", "show", "demo", "optim.base_lrr=1"],
+        lambda w: ["optim.base_lrr", "did you mean 'optim.base_lr'"],
+    ),
+    (
+        "section-typo",
+        lambda w: ["presets", "show", "demo", "optimm.base_lr=1"],
+        lambda w: ["optimm", "'optim'"],
+    ),
+    (
+        "negative-lr",
+        lambda w: ["presets", "show", "demo", "optim.base_lr=-1e-3"],
+        lambda w: ["optim.base_lr", "-0.001"],
+    ),
+    (
+        "stages-not-increasing",
+        lambda w: ["presets", "show", "demo", "curriculum.stages=[{end: 0.8}, {end: 0.5}]"],
+        lambda w: ["curriculum", "[0.8, 0.5]"],
+    ),
+    (
+        "last-stage-not-1",
+        lambda w: ["presets", "show", "demo", "curriculum.stages=[{end: 0.5}]"],
+        lambda w: ["curriculum", "1.0", "0.5"],
+    ),
+    (
+        "crop-not-multiple-of-patch",
+        lambda w: ["presets", "show", "demo", "crops.global_crops_size=60"],
+        lambda w: ["crops.global_crops_size=60", "model.patch_size=8"],
+    ),
+    (
+        "stage-crop-smaller-than-patch",
+        lambda w: [
+            "presets",
+            "show",
+            "demo",
+            "curriculum.stages=[{end: 1.0, local_crops_size: 4}]",
+        ],
+        lambda w: ["curriculum.stages.0.local_crops_size=4", "model.patch_size=8"],
+    ),
+    (
+        "scale-swapped",
+        lambda w: ["presets", "show", "demo", "crops.global_crops_scale=[0.9, 0.3]"],
+        lambda w: ["crops.global_crops_scale", "[0.9, 0.3]"],
+    ),
+    (
+        "mask-ratio-swapped",
+        lambda w: ["presets", "show", "demo", "ibot.mask_ratio_min_max=[0.5, 0.1]"],
+        lambda w: ["ibot.mask_ratio_min_max"],
+    ),
+    (
+        "bad-literal",
+        lambda w: ["presets", "show", "demo", "train.batch_size_per_gpu=lots"],
+        lambda w: ["train.batch_size_per_gpu", "lots"],
+    ),
+    (
+        "config-file-missing",
+        lambda w: ["presets", "show", "demo", "--config", str(w.tmp / "nope.yaml")],
+        lambda w: [str(w.tmp / "nope.yaml")],
+    ),
+    (
+        "config-file-bad-yaml",
+        lambda w: ["presets", "show", "demo", "--config", str(w.tmp / "bad.yaml")],
+        lambda w: [str(w.tmp / "bad.yaml"), "YAML"],
+    ),
+    # pretraining data
+    (
+        "train-missing",
+        lambda w: _pretrain(w, w.tmp / "nowhere"),
+        lambda w: [str(w.tmp / "nowhere"), "does not exist"],
+    ),
+    ("train-empty", lambda w: _pretrain(w, w.tmp / "empty"), lambda w: [str(w.tmp / "empty")]),
+    (
+        "train-not-a-folder",
+        lambda w: _pretrain(w, w.tmp / "afile.png"),
+        lambda w: [str(w.tmp / "afile.png"), "not a folder"],
+    ),
+    (
+        "train-no-images",
+        lambda w: _pretrain(w, w.tmp / "texts"),
+        lambda w: [str(w.tmp / "texts"), "no image files"],
+    ),
+    (
+        "train-only-broken-images",
+        lambda w: _pretrain(w, w.tmp / "broken"),
+        lambda w: [str(w.tmp / "broken"), "none of the 3"],
+    ),
+    (
+        "train-run-dir-holds-foreign-checkpoint",
+        lambda w: ["pretrain", "--preset", "demo", "--out", str(w.tmp / "run_wrong_kind")],
+        lambda w: [str(w.tmp / "run_wrong_kind" / "checkpoint.pt"), "not a fastdino checkpoint"],
+    ),
+    (
+        "pretrain-no-preset",
+        lambda w: ["pretrain", "--out", str(w.tmp / "fresh")],
+        lambda w: ["--preset"],
+    ),
+    # checkpoints
+    *[
+        (
+            f"checkpoint-{name}",
+            lambda w, n=name: ["checkpoint", "info", str(w.tmp / f"{n}.pt")],
+            lambda w, n=name, m=msg: [str(w.tmp / f"{n}.pt"), m],
+        )
+        for name, msg in (
+            ("wrong_kind", "not a fastdino checkpoint"),
+            ("newer", "newer than this fastdino"),
+            ("truncated", "truncated or corrupt"),
+            ("malicious", "references posix.system"),
+            ("text", "not a readable torch checkpoint"),
+            ("missing", "does not exist"),
+        )
+    ],
+    (
+        "checkpoint-is-a-folder",
+        lambda w: ["checkpoint", "info", str(w.tmp / "empty")],
+        lambda w: [str(w.tmp / "empty"), "folder"],
+    ),
+    (
+        "probe-malicious-checkpoint",
+        lambda w: [
+            "probe",
+            str(w.tmp / "malicious.pt"),
+            "--train",
+            str(w.train),
+            "--val",
+            str(w.val),
+        ],
+        lambda w: [str(w.tmp / "malicious.pt"), "arbitrary code"],
+    ),
+    # labelled folders for probes and evaluations
+    (
+        "probe-train-missing",
+        lambda w: ["probe", str(w.ckpt), "--train", str(w.tmp / "nowhere"), "--val", str(w.val)],
+        lambda w: [str(w.tmp / "nowhere")],
+    ),
+    (
+        "probe-one-class",
+        lambda w: ["probe", str(w.ckpt), "--train", str(w.tmp / "one_class"), "--val", str(w.val)],
+        lambda w: [str(w.tmp / "one_class"), "single class"],
+    ),
+    (
+        "probe-val-class-not-in-train",
+        lambda w: [
+            "probe",
+            str(w.ckpt),
+            "--train",
+            str(w.train),
+            "--val",
+            str(w.tmp / "val_extra"),
+        ],
+        lambda w: ["only in val: zebra"],
+    ),
+    (
+        "probe-class-folder-without-images",
+        lambda w: [
+            "probe",
+            str(w.ckpt),
+            "--train",
+            str(w.tmp / "empty_class"),
+            "--val",
+            str(w.val),
+        ],
+        lambda w: [str(w.tmp / "empty_class"), "without images (b)"],
+    ),
+    (
+        "probe-images-not-in-class-folders",
+        lambda w: ["probe", str(w.ckpt), "--train", str(w.tmp / "flat"), "--val", str(w.val)],
+        lambda w: [str(w.tmp / "flat"), "one sub-folder per class"],
+    ),
+    *[
+        (
+            f"probe-{kind}-image",
+            lambda w, k=kind: [
+                "probe",
+                str(w.noprobe),
+                "--train",
+                str(w.tmp / f"lab_{k}"),
+                "--val",
+                str(w.tmp / f"lab_{k}"),
+                "--no-write",
+                "--no-cache",
+                "--epochs",
+                "1",
+            ],
+            lambda w, k=kind: [str(w.tmp / f"lab_{k}" / "b" / f"bad_{k}.jpg")],
+        )
+        for kind in ("truncated", "zero", "text")
+    ],
+    (
+        "corrupt-eval-broken-image-in-a-worker",
+        lambda w: [
+            "corrupt-eval",
+            str(w.ckpt),
+            "--val",
+            str(w.tmp / "val_with_zero_byte"),
+            "--corruptions",
+            "gaussian_noise",
+            "--severities",
+            "1",
+            "--workers",
+            "1",
+            "--no-figures",
+            "--out",
+            str(w.tmp / "ce_out0"),
+        ],
+        lambda w: [str(w.tmp / "val_with_zero_byte" / w.classes[-1] / "zero.png")],
+    ),
+    # ImageNet-C and probe heads
+    (
+        "imagenet-c-missing-severity",
+        lambda w: [
+            "corrupt-eval",
+            str(w.ckpt),
+            "--imagenet-c",
+            str(w.tmp / "imagenet_c"),
+            "--corruptions",
+            "gaussian_noise",
+            "--out",
+            str(w.tmp / "ce_out1"),
+        ],
+        lambda w: [str(w.tmp / "imagenet_c" / "gaussian_noise" / "3"), "--severities"],
+    ),
+    (
+        "imagenet-c-missing-corruption",
+        lambda w: [
+            "corrupt-eval",
+            str(w.ckpt),
+            "--imagenet-c",
+            str(w.tmp / "imagenet_c"),
+            "--corruptions",
+            "fog",
+            "--severities",
+            "1",
+            "--out",
+            str(w.tmp / "ce_out2"),
+        ],
+        lambda w: [str(w.tmp / "imagenet_c" / "fog"), "--corruptions"],
+    ),
+    (
+        "corrupt-eval-no-probe-head",
+        lambda w: ["corrupt-eval", str(w.noprobe), "--val", str(w.val), "--out", str(w.tmp / "o")],
+        lambda w: [str(w.noprobe), "no probe head", "fastdino probe"],
+    ),
+    (
+        "corrupt-eval-classes-not-the-probe's",
+        lambda w: [
+            "corrupt-eval",
+            str(w.ckpt),
+            "--val",
+            str(w.tmp / "other_classes"),
+            "--out",
+            str(w.tmp / "ce_out3"),
+        ],
+        lambda w: ["'ant'", str(w.tmp / "other_classes"), "probe"],
+    ),
+    (
+        "fourier-classes-not-the-probe's",
+        lambda w: [
+            "fourier-heatmap",
+            str(w.ckpt),
+            "--data",
+            str(w.tmp / "other_classes"),
+            "--out",
+            str(w.tmp / "fourier_out"),
+        ],
+        lambda w: ["ant", "probe"],
+    ),
+    (
+        "gradcam-broken-image",
+        lambda w: [
+            "gradcam",
+            str(w.ckpt),
+            "--images",
+            str(w.tmp / "broken" / "truncated.jpg"),
+            "--out",
+            str(w.tmp / "gc_out"),
+        ],
+        lambda w: [str(w.tmp / "broken" / "truncated.jpg")],
+    ),
+    (
+        "gradcam-missing-image",
+        lambda w: ["gradcam", str(w.ckpt), "--images", str(w.tmp / "nope.png")],
+        lambda w: [str(w.tmp / "nope.png")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "culprits"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_error_is_one_line_exit_2(w, capsys, argv, culprits):
+    args = argv(w)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    err = out.err
+    assert e.value.code == 2, (args, out.out[-500:], err[-2000:])
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastdino: error: "), err
+    for culprit in culprits(w):
+        assert culprit in lines[0], (culprit, lines[0])
+    assert not (w.tmp / MARKER).exists()  # the malicious pickle never ran
+
+
+def test_debug_shows_the_traceback(w):
+    with pytest.raises(FastdinoError, match="newer than this fastdino"):
+        main(["--debug", "checkpoint", "info", str(w.tmp / "newer.pt")])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable folders")
+def test_unreadable_dataset_folder(w, capsys):
+    locked = w.tmp / "locked"
+    _png(locked / "a.png")
+    locked.chmod(0)
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(_pretrain(w, locked))
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and str(locked) in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# unusual images are handled, not rejected, by every loader
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> dict[str, tuple[Path, tuple[int, int, int]]]:
+    """name -> (file, the RGB value its pixels must decode to)."""
+    root = tmp_path_factory.mktemp("odd") / "c"
+    root.mkdir()
+    out = {}
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(root / "cmyk.jpg", quality=100)
+    out["cmyk"] = (root / "cmyk.jpg", (255, 0, 0))
+    Image.new("L", (40, 30), 100).save(root / "gray.png")
+    out["gray"] = (root / "gray.png", (100, 100, 100))
+    Image.fromarray(np.full((30, 40), 30000, dtype=np.uint16)).save(root / "g16.png")
+    v = round(30000 / 65535 * 255)
+    out["16bit"] = (root / "g16.png", (v, v, v))
+    pal = Image.new("P", (40, 30), 0)
+    pal.putpalette([0, 0, 255] + [0] * 765)
+    pal.save(root / "pal.png", transparency=1)
+    out["palette"] = (root / "pal.png", (0, 0, 255))
+    Image.new("RGB", (6000, 4000), (30, 60, 90)).save(root / "huge.jpg", quality=95)
+    out["huge"] = (root / "huge.jpg", (30, 60, 90))
+    return out
+
+
+def _loaders():
+    from fastdino_cli.data.folders import load_rgb
+    from fastdino_cli.eval.corruptions_data import FileSet, tensor_to_uint8
+    from fastdino_cli.eval.gradcam_inputs import read_image
+    from fastdino_cli.eval.labelled import LabelledFolder
+
+    def eval_folder(path):
+        return LabelledFolder(path.parent, ["c"], [path], [0]).load_rgb(0)
+
+    def corrupt_set(path):
+        return tensor_to_uint8(FileSet([(path, 0, 0)], np.asarray)[0][0])
+
+    return {
+        "pretrain": load_rgb,
+        "probe/fourier": eval_folder,
+        "corrupt-eval": corrupt_set,
+        "gradcam": read_image,
+    }
+
+
+@pytest.mark.parametrize("loader", list(_loaders()))
+@pytest.mark.parametrize("kind", ["cmyk", "gray", "16bit", "palette", "huge"])
+def test_unusual_images_decode_to_rgb(odd_images, loader, kind, monkeypatch):
+    path, rgb = odd_images[kind]
+    # a guard far below 6000x4000: the loaders must lift PIL's decompression-bomb check
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a DecompressionBombWarning
+        img = _loaders()[loader](path)
+    arr = np.asarray(img)
+    assert arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8
+    centre = arr[arr.shape[0] // 2, arr.shape[1] // 2].astype(int)
+    assert np.abs(centre - np.array(rgb)).max() <= 2, (kind, centre, rgb)
