@@ -458,18 +458,53 @@ def test_debug_shows_the_traceback(w):
         main(["--debug", "checkpoint", "info", str(w.tmp / "newer.pt")])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable folders")
-def test_unreadable_dataset_folder(w, capsys):
-    locked = w.tmp / "locked"
-    _png(locked / "a.png")
-    locked.chmod(0)
+@pytest.mark.parametrize("command", ["pretrain", "probe"])
+def test_unreadable_dataset_folder(w, capsys, monkeypatch, command):
+    locked = w.tmp / f"locked_{command}"
+    _png(locked / "a" / "x.png")
+    _png(locked / "b" / "y.png")
+    if os.geteuid() == 0:  # root reads anything: make listing the folder fail as chmod would
+        real = os.scandir
+
+        def scandir(path="."):
+            if Path(path) == locked / "b":
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        (locked / "b").chmod(0)
+    args = _pretrain(w, locked) if command == "pretrain" else ["probe", str(w.ckpt)]
+    if command == "probe":
+        args += ["--train", str(locked), "--val", str(locked)]
     try:
         with pytest.raises(SystemExit) as e:
-            main(_pretrain(w, locked))
+            main(args)
     finally:
-        locked.chmod(0o755)
+        (locked / "b").chmod(0o755)
     err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and str(locked) in err, err
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert str(locked / "b") in err and "Permission denied" in err, err
+
+
+def test_pretraining_accepts_unusual_images(w, odd_images, capsys):
+    """CMYK, grayscale, 16-bit, palette and 6000x4000 files train without being skipped."""
+    data = next(iter(odd_images.values()))[0].parent
+    with pytest.raises(SystemExit) as e:
+        main(
+            _pretrain(
+                w,
+                data,
+                "train.max_steps=1",
+                "train.batch_size_per_gpu=5",
+                "data.num_workers=0",
+                "crops.local_crops_number=1",
+                "model.depth=1",
+            )
+        )
+    captured = capsys.readouterr()
+    assert e.value.code in (0, None), captured.err[-2000:]
+    assert "max_steps: 1/" in captured.out and "skipped" not in captured.err, captured
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,11 +56,19 @@ def resolve_root(value: str | Path, split: str = "train") -> Path:
     return root
 
 
+def walk_error(e: OSError) -> None:
+    """``os.walk`` skips folders it cannot list; a dataset with holes must not pass silently."""
+    raise DataError(
+        f"cannot list the folder {e.filename}: {e.strerror or e}; fix its permissions or "
+        "remove it from the dataset"
+    )
+
+
 def scan_images(root: str | Path) -> list[Path]:
     """Every image file under ``root`` (any depth, hidden folders skipped), sorted."""
     root = Path(root)
     out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=walk_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in filenames if is_image_file(f) and not f.startswith(".")]
     out.sort()
@@ -93,7 +101,7 @@ def scan_labelled(root: str | Path) -> LabelledImages:
         )
     files, labels = [], []
     for ci, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(root / name, True, walk_error, True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
                 if is_image_file(f) and not f.startswith("."):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fastdino_cli.data.folders import read_rgb_or_fail
+from fastdino_cli.data.folders import read_rgb_or_fail, walk_error
 from fastdino_cli.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -78,7 +78,7 @@ def scan_labelled_folder(root: str | Path, *, what: str = "data") -> LabelledFol
     for idx, name in enumerate(classes):
         found = sorted(
             Path(dirpath) / f
-            for dirpath, _, files in os.walk(base / name, followlinks=True)
+            for dirpath, _, files in os.walk(base / name, True, walk_error, True)
             for f in files
             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
         )
