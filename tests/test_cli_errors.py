@@ -104,6 +104,10 @@ def w(tmp_path_factory, demo_data) -> World:
     run = tmp / "run_wrong_kind"
     run.mkdir()
     shutil.copy(tmp / "wrong_kind.pt", run / "checkpoint.pt")
+    run = tmp / "run_truncated"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+    shutil.copy(ckpt, run / "checkpoints" / "step_00000004.pt")
     # folders
     (tmp / "empty").mkdir()
     (tmp / "texts").mkdir()
@@ -240,6 +244,15 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
         "train-run-dir-holds-foreign-checkpoint",
         lambda w: ["pretrain", "--preset", "demo", "--out", str(w.tmp / "run_wrong_kind")],
         lambda w: [str(w.tmp / "run_wrong_kind" / "checkpoint.pt"), "not a fastdino checkpoint"],
+    ),
+    (
+        "train-run-dir-checkpoint-damaged",
+        lambda w: ["pretrain", "--preset", "demo", "--out", str(w.tmp / "run_truncated")],
+        lambda w: [
+            str(w.tmp / "run_truncated" / "checkpoint.pt"),
+            "truncated",
+            f"copy {w.tmp / 'run_truncated' / 'checkpoints' / 'step_00000004.pt'} over it",
+        ],
     ),
     (
         "pretrain-no-preset",

@@ -36,7 +36,7 @@ from fastdino_cli.config import Config, config_to_yaml
 from fastdino_cli.data.folders import first_readable, resolve_root, scan_images
 from fastdino_cli.data.masking import MultiCropCollate
 from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler, seed_for
-from fastdino_cli.errors import ConfigError, FastdinoError
+from fastdino_cli.errors import CheckpointError, ConfigError, FastdinoError
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train import distributed as dist_utils
 from fastdino_cli.train import run_dir as rd
@@ -139,7 +139,12 @@ def _decide_start(
             old = rd.load_config_yaml_dict(run_dir / "config.yaml")
             rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
         return None
-    ckpt = ckpt_io.load(latest)
+    try:
+        ckpt = ckpt_io.load(latest)
+    except CheckpointError as e:  # damaged outside fastdino (atomic saves never leave this)
+        copies = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+        hint = f"; copy {copies[-1]} over it to resume from there" if copies else ""
+        raise CheckpointError(f"{e}{hint}") from None
     if "train_state" not in ckpt:
         raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
     old = dist_utils.config_for_this_world(ckpt, cfg.train.batch_size_per_gpu)
