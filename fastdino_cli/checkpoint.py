@@ -194,6 +194,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = msg.split(". ")[0]  # torch appends advice about miniz internals
         raise CheckpointError(
             f"{path} is not a readable torch checkpoint (truncated or corrupt?): {msg[:160]}"
         ) from None

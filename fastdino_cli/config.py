@@ -292,8 +292,10 @@ class Config(Section):
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         """Checks across sections. Crops LARGER than ``model.img_size`` are valid (the position
-        embedding is interpolated: FastDINOv2's stage 2 does exactly that); invalid are sizes
-        that do not tile into patches and ranges whose ends are swapped or out of bounds."""
+        embedding is interpolated: FastDINOv2's stage 2 does exactly that), and so are sizes that
+        are not multiples of the patch (the border is dropped, as DINOv2's 96 px local crops with
+        patch 14 do); invalid are sizes below one patch and ranges that are swapped or out of
+        bounds."""
         p = self.model.patch_size
         sizes = {
             "model.img_size": self.model.img_size,
@@ -306,20 +308,22 @@ class Config(Section):
                     key = f"curriculum.stages.{i}.{kind}_crops_size"
                     sizes[key] = getattr(st, f"{kind}_crops_size")
         for key, size in sizes.items():
-            if size % p:
+            if size < p:
                 raise ValueError(
-                    f"{key}={size} is not a multiple of model.patch_size={p}; use e.g. "
-                    f"{max(p, size // p * p)} (the border would be silently dropped)"
+                    f"{key}={size} is smaller than model.patch_size={p}: no patch fits"
                 )
-        ranges = {
-            "crops.global_crops_scale": (self.crops.global_crops_scale, 0.0, 1.0),
-            "crops.local_crops_scale": (self.crops.local_crops_scale, 0.0, 1.0),
-            "crops.blur_sigma": (self.crops.blur_sigma, 0.0, float("inf")),
-            "ibot.mask_ratio_min_max": (self.ibot.mask_ratio_min_max, 0.0, 1.0),
+        ranges = {  # key: (value, lowest min allowed, min may equal it, highest max)
+            "crops.global_crops_scale": (self.crops.global_crops_scale, 0.0, False, 1.0),
+            "crops.local_crops_scale": (self.crops.local_crops_scale, 0.0, False, 1.0),
+            "crops.blur_sigma": (self.crops.blur_sigma, 0.0, False, float("inf")),
+            "ibot.mask_ratio_min_max": (self.ibot.mask_ratio_min_max, 0.0, True, 1.0),
         }
-        for key, ((a, b), lo, hi) in ranges.items():
-            if not lo < a <= b <= hi and not (key.startswith("ibot") and a == 0 <= b <= hi):
-                raise ValueError(f"{key}=[{a}, {b}] must satisfy {lo} < min <= max <= {hi}")
+        for key, ((a, b), lo, closed, hi) in ranges.items():
+            if not ((lo <= a) if closed else (lo < a)) or not a <= b <= hi:
+                rule = f"{lo} {'<=' if closed else '<'} min <= max" + (
+                    f" <= {hi}" if hi != float("inf") else ""
+                )
+                raise ValueError(f"{key}=[{a}, {b}] must satisfy {rule}")
         return self
 
     @property

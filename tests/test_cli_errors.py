@@ -179,9 +179,9 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
         lambda w: ["curriculum", "1.0", "0.5"],
     ),
     (
-        "crop-not-multiple-of-patch",
-        lambda w: ["presets", "show", "demo", "crops.global_crops_size=60"],
-        lambda w: ["crops.global_crops_size=60", "model.patch_size=8"],
+        "crop-smaller-than-patch",
+        lambda w: ["presets", "show", "demo", "crops.global_crops_size=6"],
+        lambda w: ["crops.global_crops_size=6", "model.patch_size=8"],
     ),
     (
         "stage-crop-smaller-than-patch",
@@ -191,7 +191,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
             "demo",
             "curriculum.stages=[{end: 1.0, local_crops_size: 4}]",
         ],
-        lambda w: ["curriculum.stages.0.local_crops_size=4", "model.patch_size=8"],
+        lambda w: ["curriculum.stages.0.local_crops_size=4", "smaller than model.patch_size=8"],
     ),
     (
         "scale-swapped",
