@@ -71,6 +71,7 @@ def test_end_to_end_table_json_csv_and_results_file(tmp_path, demo_data, monkeyp
     report = json.loads(out)
     assert len(report["rows"]) == 1 and report["rows"][0]["features_cached"] is True
     assert set(report["rows"][0]["knn"]) == {"10", "20"}
+    assert len(report["rows"][0]["linear"]["holdout_top1_per_head"]) == 4 * 13
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,7 @@ class ProbeRow:
                 "num_holdout": lin.num_holdout,
                 "best_on_val_top1_optimistic": lin.best_on_val_top1,
                 "best_on_val_head": lin.best_on_val_spec.label(),
+                "holdout_top1_per_head": dict(lin.holdout_table),
             },
             "invariance": self.invariance,
             "features_cached": self.features_cached,
