@@ -431,6 +431,36 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
         lambda w: ["ant", "probe"],
     ),
     (
+        "gradcam-classes-not-the-probe's",
+        lambda w: [
+            "gradcam",
+            str(w.ckpt),
+            "--data",
+            str(w.tmp / "other_classes"),
+            "--per-class",
+            "1",
+            "--target",
+            "true",
+            "--out",
+            str(w.tmp / "gc_out2"),
+        ],
+        lambda w: ["'ant'", str(w.ckpt)],
+    ),
+    (
+        "gradcam-unknown-class-target",
+        lambda w: [
+            "gradcam",
+            str(w.ckpt),
+            "--images",
+            str(w.tmp / "other_classes" / "ant"),
+            "--target",
+            "class:zebra",
+            "--out",
+            str(w.tmp / "gc_out3"),
+        ],
+        lambda w: ["zebra"],
+    ),
+    (
         "gradcam-broken-image",
         lambda w: [
             "gradcam",
