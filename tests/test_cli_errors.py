@@ -597,6 +597,32 @@ def _loaders():
     }
 
 
+def _bomb(path: Path, side: int = 50_000) -> Path:
+    """A valid 1x1 PNG whose header claims side x side pixels (2.5 gigapixels)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = struct.pack(">II", side, side) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("loader", list(_loaders()))
+def test_decompression_bomb_is_refused_not_decoded(tmp_path, loader):
+    from fastdino_cli.data.folders import UnreadableImage
+
+    bomb = _bomb(tmp_path / "bomb.png")
+    with pytest.raises((FastdinoError, UnreadableImage), match="decompression bomb") as e:
+        _loaders()[loader](bomb)
+    assert str(bomb) in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("loader", list(_loaders()))
 @pytest.mark.parametrize("kind", ["cmyk", "gray", "16bit", "palette", "huge"])
 def test_unusual_images_decode_to_rgb(odd_images, loader, kind, monkeypatch):

@@ -38,6 +38,12 @@ IMAGE_EXTENSIONS = (
 )
 
 
+MAX_PIXELS = 1 << 30
+"""PIL's decompression-bomb guard for our reads: PIL refuses images above twice this (2.1
+gigapixels, ~6 GB as RGB) as unreadable instead of running out of memory; anything a camera,
+scanner or panorama produces decodes, silently (PIL's default warns at 89 megapixels)."""
+
+
 class UnreadableImage(Exception):
     """A file that could not be decoded as an image."""
 
@@ -138,7 +144,7 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """
     old = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
