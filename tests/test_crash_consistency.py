@@ -353,3 +353,21 @@ def test_unwritable_run_dir_for_a_normal_user(tmp_path, demo_data, capsys):
     finally:
         out.chmod(0o755)
     assert code == 2 and err.count("\n") == 1 and "Permission denied" in err, err
+
+
+def test_disk_full_outside_a_checkpoint_write_is_one_line_too(
+    tmp_path, demo_data, monkeypatch, capsys
+):
+    """E.g. the periodic copy in checkpoints/ (a real copy where hard links are not supported)."""
+    out = tmp_path / "run"
+    write_config(tmp_path / "cfg.yaml", out, demo_data.train, period=1)
+
+    def full(run_dir, latest, step, keep):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints"))
+
+    monkeypatch.setattr(rd, "rotate_checkpoint", full)
+    code, err = _run_cli(capsys, ["pretrain", "--config", str(tmp_path / "cfg.yaml")])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"cannot write {out / 'checkpoints'}: No space left on device" in err
+    assert f"the last checkpoint {out / 'checkpoint.pt'} is intact" in err
+    assert saved_step(out) == 1 and not (out / ".lock").exists()

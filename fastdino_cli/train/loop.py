@@ -50,7 +50,8 @@ from fastdino_cli.train.schedules import (
     clip_grad_norms,
 )
 
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_ACCESS_ERRNOS = (errno.EACCES, errno.EPERM)
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
@@ -213,7 +214,10 @@ def pretrain(
     try:
         return _run(cfg, run_dir, accelerator, resume, force_config, progress, main)
     except OSError as e:  # disk full, quota, read-only: one line, the last checkpoint is kept
-        if e.errno not in _DISK_ERRNOS:
+        in_run_dir = bool(e.filename) and Path(e.filename).resolve().is_relative_to(
+            run_dir.resolve()
+        )
+        if not (e.errno in _DISK_ERRNOS or (e.errno in _ACCESS_ERRNOS and in_run_dir)):
             raise
         raise FastdinoError(
             f"cannot write {e.filename or run_dir}: {e.strerror}; the last checkpoint "
