@@ -27,7 +27,7 @@ Pitfalls this layout avoids (reference/ecosystem.md section 2.2, measured there)
    shared root is resharded by the student's backward (and explicitly before state-dict reads).
 2. Student and teacher share one root and identical dim-0 sharding, so the EMA runs on local
    shards with ``torch._foreach_*`` and needs no communication (``SSLMetaArch.update_teacher``).
-3. Blocks are called through ``forward_list`` (not ``__call__``): that method is registered with
+3. Blocks are called through ``forward_packed`` (not ``__call__``): that method is registered with
    ``register_fsdp_forward_method`` so its parameters are all-gathered.
 4. Full tensors come from ``get_model_state_dict(full_state_dict=True)``, never from
    ``DTensor.from_local`` (uneven padding deadlocks).
@@ -157,7 +157,7 @@ def apply_fsdp(
         reshard = True if name == "teacher" else dist_cfg.reshard_after_forward
         for block in part["backbone"].blocks:
             fully_shard(block, mesh=mesh, mp_policy=body, reshard_after_forward=reshard)
-            register(block, "forward_list")
+            register(block, "forward_packed")
         for key in ("dino_head", "ibot_head"):
             if key in part:
                 fully_shard(part[key], mesh=mesh, mp_policy=heads, reshard_after_forward=reshard)
