@@ -115,7 +115,7 @@ def saved_step(out: Path) -> int:
     return int(ckpt_io.load(out / "checkpoint.pt")["train_state"]["step"])
 
 
-def wait_until(cond, proc, log: Path, timeout: float = 240.0) -> None:
+def wait_until(cond, proc, log: Path, timeout: float = 600.0) -> None:
     t0 = time.time()
     while not cond():
         if proc.poll() is not None:
@@ -143,7 +143,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path, de
         log = tmp_path / f"kill{attempt}.log"
         if attempt == 1:  # die inside the 2nd checkpoint write, temp file half written
             proc = spawn(tmp_path / "cfg.yaml", log, env={"FASTDINO_TEST_KILL_IN_SAVE": "2"})
-            assert proc.wait(timeout=240) == -signal.SIGKILL, log.read_text()[-2000:]
+            assert proc.wait(timeout=600) == -signal.SIGKILL, log.read_text()[-2000:]
             partial = [p for p in temp_files(out) if p.name.startswith(".checkpoint.pt.")]
             assert len(partial) == 1 and partial[0].stat().st_size > 0
             assert saved_step(out) == start + 2  # the 1st save of this attempt, intact
@@ -191,7 +191,7 @@ def test_sigterm_to_the_job_checkpoints_and_a_second_run_is_refused(
             assert e.value.code == 2 and err.count("\n") == 1, err
             assert "in use by another fastdino process" in err and f"pid {proc.pid}" in err
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+        assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
         text = log.read_text()
         assert "sigterm:" in text and "Traceback" not in text, text[-2000:]
         # the step in progress finished and was checkpointed, although the period is 100
