@@ -53,13 +53,13 @@ class ProbeRow:
         """One table row: plain columns, accuracies in %."""
         row: dict[str, Any] = {"model": self.name}
         for r in self.knn:
-            row[f"knn{r.k}_top1"] = round(r.top1, 2)
+            row[f"knn{r.k}"] = round(r.top1, 2)
         best_k = max(self.knn, key=lambda r: r.k)
         row[f"knn{best_k.k}_top5"] = round(best_k.top5, 2)
-        row["linear_top1"] = round(self.linear.val_top1, 2)
+        row["linear"] = round(self.linear.val_top1, 2)
         row["linear_top5"] = round(self.linear.val_top5, 2)
-        row["holdout_top1"] = round(self.linear.holdout_top1, 2)
-        row["best_on_val_top1 (optimistic)"] = round(self.linear.best_on_val_top1, 2)
+        row["heldout"] = round(self.linear.holdout_top1, 2)
+        row["best_on_val*"] = round(self.linear.best_on_val_top1, 2)
         row["head"] = self.linear.spec.label()
         for strategy, value in (self.invariance or {}).items():
             row[f"inv_{strategy}"] = round(value, 4)
@@ -89,6 +89,7 @@ class ProbeRow:
                 "num_holdout": lin.num_holdout,
                 "best_on_val_top1_optimistic": lin.best_on_val_top1,
                 "best_on_val_head": lin.best_on_val_spec.label(),
+                "holdout_top1_per_head": dict(lin.holdout_table),
             },
             "invariance": self.invariance,
             "features_cached": self.features_cached,
@@ -105,6 +106,8 @@ class ProbeReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
+        """Accuracies in %; ``best_on_val*`` is the reference's optimistic head choice on val;
+        ``inv_*`` are mean cosine similarities between views (``different-images``: scale)."""
         return pd.DataFrame([r.flat() for r in self.rows])
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +144,7 @@ def run_probe(
     n_last_blocks: Sequence[int] = (1, 4),
     lrs: Sequence[float] = DEFAULT_LRS,
     baseline_random: bool = False,
+    augment: bool = False,
     invariance: bool = False,
     invariance_images: int = 64,
     invariance_views: int = 4,
@@ -163,6 +167,8 @@ def run_probe(
         raise ConfigError(f"--k values must be positive integers, got {list(ks)}")
     if any(int(b) < 1 for b in n_last_blocks):
         raise ConfigError(f"--n-last-blocks must be positive, got {list(n_last_blocks)}")
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"--holdout {holdout} must be strictly between 0 and 1")
     dev = resolve_device(device)
     train_folder = scan_labelled_folder(train, what="train")
     val_folder = scan_labelled_folder(val, what="val")
@@ -177,6 +183,7 @@ def run_probe(
         "n_last_blocks": [int(b) for b in n_last_blocks],
         "lrs": [float(x) for x in lrs],
         "seed": seed,
+        "linear_mode": "augmented views" if augment else "cached features",
         "device": str(dev),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -193,7 +200,7 @@ def run_probe(
             t0 = time.perf_counter()
             row = _probe_one(
                 name, str(path), model, is_random, train_folder, val_folder, recipe,
-                ks=ks, epochs=epochs, batch_size=batch_size, holdout=holdout,
+                ks=ks, epochs=epochs, batch_size=batch_size, holdout=holdout, augment=augment,
                 n_last_blocks=n_last_blocks, lrs=lrs, use_cache=use_cache, device=dev,
                 num_workers=num_workers, extract_batch_size=extract_batch_size, seed=seed,
             )  # fmt: skip
@@ -230,6 +237,7 @@ def _probe_one(
     epochs: int,
     batch_size: int,
     holdout: float,
+    augment: bool,
     n_last_blocks: Sequence[int],
     lrs: Sequence[float],
     use_cache: bool,
@@ -250,10 +258,17 @@ def _probe_one(
         tr.last_cls, tr.labels, va.last_cls, va.labels, ks=ks,
         num_classes=len(tr.class_names), device=device,
     )  # fmt: skip
-    lin = linear_probe(
-        tr, va, n_last_blocks=n_last_blocks, lrs=lrs, holdout=holdout, epochs=epochs,
-        batch_size=batch_size, seed=seed, device=device,
-    )  # fmt: skip
+    common = dict(n_last_blocks=n_last_blocks, lrs=lrs, holdout=holdout, epochs=epochs,
+                  batch_size=batch_size, seed=seed, device=device)  # fmt: skip
+    if augment:
+        from fastdino_cli.eval.linear_augment import linear_probe_augmented
+
+        lin = linear_probe_augmented(
+            model, train_folder, va, recipe, num_workers=num_workers, use_cache=use_cache,
+            backbone_hash=mhash, **common,
+        )  # fmt: skip
+    else:
+        lin = linear_probe(tr, va, **common)
     return ProbeRow(
         name=name,
         checkpoint=checkpoint,
