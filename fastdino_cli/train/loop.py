@@ -305,7 +305,7 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                 record, wait=wait, stage_changed=step == start or _stage_starts(cfg, step, total)
             )
             if not finite:
-                msg = f"step {step}: non-finite loss ({float(loss)}), step skipped"
+                msg = f"step {step}: non-finite loss ({float(loss.detach())}), step skipped"
                 warnings.warn(msg, stacklevel=1)
                 if bad >= cfg.train.max_bad_steps:
                     raise TrainingDiverged(
@@ -314,7 +314,7 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                         "or check the data"
                     )
             periodic = step_done % cfg.train.checkpoint_period == 0
-            if sigterm.set or periodic or step_done == stop:
+            if sigterm.set or (finite and (periodic or step_done == stop)):
                 _save_resumable(
                     accelerator,
                     core,
@@ -388,6 +388,9 @@ def _build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLo
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
         prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         persistent_workers=False,
+        # its own generator: creating the iterator must not consume the global RNG, or a
+        # resumed run's drop-path draws would shift by one
+        generator=torch.Generator().manual_seed(seed_for(cfg.train.seed, start, 2)),
     )
 
 
