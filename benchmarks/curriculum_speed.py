@@ -140,19 +140,8 @@ def _collate(cfg: Config) -> MultiCropCollate:
     )
 
 
-def time_synthetic(trainer: Trainer, start: int, g: int, l: int, warmup: int, steps: int):
-    batch = synthetic_batch(trainer.cfg, start, g, l)
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        trainer.step(batch)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def time_loader(trainer: Trainer, files, start: int, warmup: int, steps: int, workers: int):
-    cfg = trainer.cfg
+def make_loader(cfg: Config, files, start: int, n_steps: int, workers: int):
+    """The training DataLoader (as the loop builds it) for steps ``start .. start + n_steps``."""
     dataset = MultiCropDataset(
         files,
         cfg.crops,
@@ -166,26 +155,44 @@ def time_loader(trainer: Trainer, files, start: int, warmup: int, steps: int, wo
         cfg.train.batch_size_per_gpu,
         seed=cfg.train.seed,
         start_step=start,
-        end_step=start + warmup + steps,
+        end_step=start + n_steps,
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=_collate(cfg),
         num_workers=workers,
         prefetch_factor=cfg.data.prefetch_factor if workers else None,
     )
-    totals, waits = [], []
-    it = iter(loader)
+
+
+def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int, workers: int):
+    """Per stage: step times on a synthetic batch, and (load + step) times and load waits with
+    the real loader. Stages are interleaved step by step, so a change of machine load during
+    the run affects all stages alike."""
+    cfg = trainer.cfg
+    batches = [
+        synthetic_batch(cfg, start, st.global_crops_size, st.local_crops_size)
+        for st, start in zip(stages, starts, strict=True)
+    ]
+    iters = [iter(make_loader(cfg, files, start, warmup + steps, workers)) for start in starts]
+    syn = [[] for _ in stages]
+    tot = [[] for _ in stages]
+    wait = [[] for _ in stages]
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        batch = next(it)
-        t1 = time.perf_counter()
-        trainer.step(batch)
-        if i >= warmup:
-            totals.append(time.perf_counter() - t0)
-            waits.append(t1 - t0)
-    return totals, waits
+        for k in range(len(stages)):
+            t0 = time.perf_counter()
+            trainer.step(batches[k])
+            t1 = time.perf_counter()
+            batch = next(iters[k])
+            t2 = time.perf_counter()
+            trainer.step(batch)
+            t3 = time.perf_counter()
+            if i >= warmup:
+                syn[k].append(t1 - t0)
+                tot[k].append(t3 - t1)
+                wait[k].append(t2 - t1)
+    return syn, tot, wait
 
 
 def hardware(device: torch.device) -> dict:
@@ -236,12 +243,12 @@ def main(argv: list[str] | None = None) -> dict:
             files = scan_images(args.images)
         else:
             files = write_images(Path(tmp), args.n_images, tuple(args.image_size))
+        syn_all, tot_all, wait_all = time_stages(
+            trainer, stages, starts, files, args.warmup, args.steps, workers
+        )
         rows = []
-        for st, start, sp in zip(stages, starts, plan.stages, strict=True):
-            syn = time_synthetic(
-                trainer, start, st.global_crops_size, st.local_crops_size, args.warmup, args.steps
-            )
-            tot, wait = time_loader(trainer, files, start, args.warmup, args.steps, workers)
+        for k, (st, start, sp) in enumerate(zip(stages, starts, plan.stages, strict=True)):
+            syn, tot, wait = syn_all[k], tot_all[k], wait_all[k]
             step_s = statistics.median(syn)
             rows.append(
                 {
