@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,11 +28,16 @@ def tiny(**kw) -> VisionTransformer:
     return build_vit(ModelConfig(**base)).eval()
 
 
+@functools.cache
+def meta_model(arch: str) -> VisionTransformer:
+    cfg = ModelConfig(arch=arch, patch_size=14, img_size=518, num_register_tokens=4)
+    return build_vit(cfg, device="meta")
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("res", [(224, 224), (98, 112), (518, 518)])
 def test_shapes_every_arch_on_meta(arch, res):
-    cfg = ModelConfig(arch=arch, patch_size=14, img_size=518, num_register_tokens=4)
-    model = build_vit(cfg, device="meta")
+    model = meta_model(arch)
     d = ARCHS[arch]["embed_dim"]
     assert model.embed_dim == d and len(model.blocks) == ARCHS[arch]["depth"]
     x = torch.empty(2, 3, *res, device="meta")
@@ -196,3 +203,32 @@ def test_load_teacher_backbone_strict(tmp_path):
     del ckpt["teacher"]["backbone.norm.bias"]
     with pytest.raises(CheckpointError, match=r"missing keys \[norm.bias\]"):
         ck.load_teacher_backbone(ckpt)
+
+
+@pytest.mark.parametrize("efficient", [True, False])
+def test_training_with_drop_path_multicrop_backward(efficient):
+    m = tiny(num_register_tokens=1, drop_path_rate=0.5, efficient_drop_path=efficient).train()
+    g, loc = torch.randn(4, 3, 32, 32), torch.randn(3, 3, 16, 16)
+    outs = m.forward_list([g, loc], [torch.rand(4, 16) < 0.3, None])
+    assert [o.patches.shape for o in outs] == [(4, 16, 32), (3, 4, 32)]
+    sum(o.cls.sum() + o.patches.sum() for o in outs).backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_meta_build_then_materialise_and_init():
+    m = build_vit(ModelConfig(arch="vit_tiny", depth=2, patch_size=8, img_size=32), device="meta")
+    assert m.pos_embed.is_meta
+    m = m.to_empty(device="cpu")
+    m.init_weights()
+    for name, p in m.named_parameters():
+        assert torch.isfinite(p).all(), name
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 192)
+
+
+def test_gradcam_target_layer_sees_image_tokens():
+    m = tiny(num_register_tokens=2)
+    seen = []
+    m.blocks[-1].norm1.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    m(torch.randn(3, 3, 32, 32))
+    assert seen == [(3, 1 + 2 + 16, 32)]

@@ -1,4 +1,4 @@
-"""`fastdino checkpoint ...`: inspect (and later import/export) checkpoints."""
+"""`fastdino checkpoint ...`: inspect, import and export checkpoints (see ``interop.py``)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,86 @@ def info_command(
     if info.probe:
         lines.append("probe       " + ", ".join(f"{k}={v}" for k, v in info.probe.items()))
     typer.echo("\n".join(lines))
+
+
+IMPORT_EXAMPLES = """
+Examples:
+
+  fastdino checkpoint import dinov2_vitb14_pretrain.pth --arch vit_base --out vitb14.pt
+
+  fastdino checkpoint import dinov2_vits14_reg4_pretrain.pth --arch vit_small --patch 14
+  --registers 4 --out vits14_reg4.pt
+"""
+
+EXPORT_EXAMPLES = """
+Examples:
+
+  fastdino checkpoint export runs/x/final.pt --format timm --out model.safetensors
+
+  fastdino checkpoint export runs/x/final.pt --format dinov2 --out backbone.pth
+"""
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")]
+
+
+@app.command(
+    "import",
+    help="Convert official DINOv2 backbone weights (hub .pth layout, plain "
+    "or chunked block names, with or without registers) into a fastdino checkpoint "
+    "that every evaluation accepts. Strict: any key that maps nowhere is an error."
+    + IMPORT_EXAMPLES,
+)
+def import_command(
+    src: Annotated[Path, typer.Argument(help="DINOv2 weights: .pth state dict or .safetensors.")],
+    arch: Annotated[
+        str, typer.Option("--arch", help="vit_small | vit_base | vit_large | vit_giant2.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="fastdino checkpoint to write (.pt).")],
+    patch: Annotated[
+        int | None, typer.Option("--patch", help="Patch size (default: from the weights).")
+    ] = None,
+    registers: Annotated[
+        int | None,
+        typer.Option("--registers", help="Register tokens (default: from the weights)."),
+    ] = None,
+    img_size: Annotated[
+        int | None,
+        typer.Option(
+            "--img-size",
+            help="Position-grid image size (default: the stored grid, 518 for the releases); "
+            "another value resamples pos_embed bicubically.",
+        ),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    from fastdino_cli.interop import import_checkpoint
+
+    path = import_checkpoint(
+        src,
+        out,
+        arch=arch,
+        patch_size=patch,
+        num_register_tokens=registers,
+        img_size=img_size,
+        force=force,
+    )
+    typer.echo(f"wrote {path} ({arch}, teacher backbone only)")
+
+
+@app.command(
+    "export",
+    help="Write the teacher backbone of a fastdino checkpoint as timm "
+    "safetensors or a DINOv2 hub-format .pth state dict." + EXPORT_EXAMPLES,
+)
+def export_command(
+    src: Annotated[Path, typer.Argument(help="A fastdino checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="timm (.safetensors) or dinov2 (.pth).")
+    ] = "timm",
+    force: ForceOpt = False,
+) -> None:
+    from fastdino_cli.interop import export_checkpoint
+
+    path = export_checkpoint(src, out, format=fmt, force=force)
+    typer.echo(f"wrote {path} ({fmt} format)")

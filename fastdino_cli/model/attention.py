@@ -131,6 +131,10 @@ def _xformers(qkv_T3D: Tensor, shapes: GroupShapes, num_heads: int) -> Tensor:
 def _varlen(qkv_T3D: Tensor, shapes: GroupShapes, num_heads: int) -> Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
+    if qkv_T3D.dtype not in (torch.float16, torch.bfloat16):
+        # The flash kernel behind varlen has no fp32 path; grouped SDPA is exact in fp32.
+        _warn_once("varlen-fp32", "varlen attention needs fp16/bf16; using grouped SDPA in fp32")
+        return _grouped_sdpa(qkv_T3D, shapes, num_heads)
     t = qkv_T3D.shape[0]
     q, k, v = qkv_T3D.view(t, 3, num_heads, -1).unbind(1)  # (T,H,d)
     lens = torch.tensor([0, *_seqlens(shapes)], device=qkv_T3D.device, dtype=torch.int32)
@@ -176,6 +180,12 @@ def _resolve_cached(requested: str, device_type: str, index: int | None) -> tupl
     return "sdpa", "; ".join(reasons)
 
 
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
 def resolve_backend(requested: str, device: torch.device | str) -> str:
     """The backend that will run for ``model.attention=requested`` on ``device``.
 
@@ -191,12 +201,11 @@ def resolve_backend(requested: str, device: torch.device | str) -> str:
     chosen, why = _resolve_cached(requested, device.type, device.index)
     if not chosen:
         raise ConfigError(f"model.attention={requested}: {why}; use model.attention=auto or sdpa")
-    if why and "auto" not in _warned:
-        _warned.add("auto")
-        warnings.warn(
+    if why:
+        _warn_once(
+            "auto",
             f"model.attention=auto: no packed attention kernel ({why}); "
             "using grouped scaled_dot_product_attention",
-            stacklevel=2,
         )
     return chosen
 

@@ -11,7 +11,7 @@ a renaming of chunked block names at most.
 
 Token layout inside the blocks: ``[CLS, registers..., patches...]``; registers carry no position
 embedding. Multi-crop batches go through ``forward_list``: all groups share one pass of the
-token-wise layers, attention runs per group (see ``attention.py``).
+token-wise layers, attention runs per group (``block.py``, ``attention.py``).
 
 Shapes: ``B`` images, ``N`` patches, ``R`` registers, ``D`` width, ``T`` tokens of all images.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,17 @@ from torch import Tensor, nn
 
 from fastdino_cli.config import ModelConfig
 from fastdino_cli.errors import CheckpointError, ConfigError
-from fastdino_cli.model.attention import Attention, GroupShapes, group_shapes, resolve_backend
+from fastdino_cli.model.attention import group_shapes, resolve_backend
+from fastdino_cli.model.block import (  # noqa: F401 - re-exported for callers of the backbone
+    Block,
+    LayerScale,
+    Mlp,
+    SwiGLU,
+    cat_groups,
+    ffn_hidden_dim,
+    residual,
+    split_groups,
+)
 
 
 @dataclass
@@ -47,166 +57,6 @@ class BackboneOutput:
     """(B, 1 + R + N, D) tokens before the final norm."""
     masks: Tensor | None
     """(B, N) bool masks that replaced patch embeddings by the mask token, if any."""
-
-
-# --------------------------------------------------------------------------------------------
-# Blocks
-# --------------------------------------------------------------------------------------------
-
-
-class LayerScale(nn.Module):
-    """Per-channel learnable scale of a residual branch (hub name ``gamma``)."""
-
-    def __init__(self, dim: int, init_value: float) -> None:
-        super().__init__()
-        self.init_value = init_value
-        self.gamma = nn.Parameter(torch.full((dim,), init_value))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear (hub names ``fc1``, ``fc2``)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class SwiGLU(nn.Module):
-    """SwiGLU FFN as in the ViT-g/14 release: ``w3(silu(a) * b)`` with ``[a, b] = w12(x)``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a, b = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(a) * b)
-
-
-def ffn_hidden_dim(dim: int, mlp_ratio: float, ffn: str) -> int:
-    """Hidden width: ``dim * mlp_ratio`` for the MLP; for SwiGLU two thirds of it, rounded up
-    to a multiple of 8 (1536 -> 4096 for ViT-g), which is what the hub weights hold."""
-    hidden = int(dim * mlp_ratio)
-    if ffn == "swiglu":
-        return (int(hidden * 2 / 3) + 7) // 8 * 8
-    return hidden
-
-
-Branch = Callable[[Tensor, GroupShapes], Tensor]
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))``.
-
-    Args:
-        dim: token width.
-        num_heads: attention heads.
-        ffn: ``"mlp"`` or ``"swiglu"``.
-        ffn_hidden: hidden width of the FFN.
-        layerscale_init: LayerScale initial value; None replaces LayerScale by ``nn.Identity``.
-        drop_path: probability of dropping each residual branch per sample (training only).
-        efficient_drop_path: compute a branch only on the kept samples (DINOv2's trick).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        ffn: str = "mlp",
-        ffn_hidden: int,
-        layerscale_init: float | None = None,
-        drop_path: float = 0.0,
-        efficient_drop_path: bool = True,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.ls1 = (
-            LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
-        )
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = SwiGLU(dim, ffn_hidden) if ffn == "swiglu" else Mlp(dim, ffn_hidden)
-        self.ls2 = (
-            LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
-        )
-        self.drop_path = drop_path
-        self.efficient_drop_path = efficient_drop_path
-        self.attn_backend = "sdpa"
-
-    def _attn_branch(self, x: Tensor, shapes: GroupShapes) -> Tensor:
-        return self.ls1(self.attn(self.norm1(x), shapes, self.attn_backend))
-
-    def _ffn_branch(self, x: Tensor, shapes: GroupShapes) -> Tensor:
-        return self.ls2(self.mlp(self.norm2(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """One group ``(B, N, D)`` -> ``(B, N, D)``."""
-        return self.forward_list([x])[0]
-
-    def forward_list(self, xs: Sequence[Tensor]) -> list[Tensor]:
-        """Several groups ``[(B_i, N_i, D)]``: token-wise layers see them concatenated."""
-        rate = self.drop_path if self.training else 0.0
-        xs = residual(xs, self._attn_branch, rate, self.efficient_drop_path)
-        return residual(xs, self._ffn_branch, rate, self.efficient_drop_path)
-
-
-def _cat(xs: Sequence[Tensor]) -> Tensor:
-    """One group stays ``(B, N, D)`` (Grad-CAM hooks see images); several become ``(T, D)``."""
-    if len(xs) == 1:
-        return xs[0]
-    return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
-
-
-def _split(y: Tensor, shapes: GroupShapes) -> list[Tensor]:
-    if len(shapes) == 1:
-        return [y]
-    parts = y.split([b * n for b, n in shapes])
-    return [p.view(b, n, -1) for p, (b, n) in zip(parts, shapes, strict=True)]
-
-
-def residual(xs: Sequence[Tensor], branch: Branch, rate: float, efficient: bool) -> list[Tensor]:
-    """``x + drop_path(branch(x))`` for every group, branch run once over all groups.
-
-    Ordinary drop path zeroes the branch of each sample with probability ``rate`` and divides
-    the kept ones by ``1 - rate``. The efficient variant (DINOv2) draws ``max(int(B(1-rate)), 1)``
-    samples per group without replacement, runs the branch only on them and adds it back scaled
-    by ``B / kept``: the same expectation, and the dropped samples cost nothing.
-    """
-    xs = list(xs)
-    if rate <= 0.0:
-        shapes = group_shapes(xs)
-        return [x + y for x, y in zip(xs, _split(branch(_cat(xs), shapes), shapes), strict=True)]
-    if not efficient:
-        shapes = group_shapes(xs)
-        ys = _split(branch(_cat(xs), shapes), shapes)
-        out = []
-        for x, y in zip(xs, ys, strict=True):
-            keep = torch.empty(x.shape[0], 1, 1, device=x.device, dtype=x.dtype)
-            keep.bernoulli_(1.0 - rate).div_(1.0 - rate)
-            out.append(x + y * keep)
-        return out
-    idxs = []
-    for x in xs:
-        b = x.shape[0]
-        idxs.append(torch.randperm(b, device=x.device)[: max(int(b * (1.0 - rate)), 1)])
-    subsets = [x[i] for x, i in zip(xs, idxs, strict=True)]
-    shapes = group_shapes(subsets)
-    ys = _split(branch(_cat(subsets), shapes), shapes)
-    out = []
-    for x, y, i in zip(xs, ys, idxs, strict=True):
-        scale = x.shape[0] / len(i)
-        flat = torch.index_add(x.flatten(1), 0, i, y.to(x.dtype).flatten(1), alpha=scale)
-        out.append(flat.view_as(x))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,8 +257,11 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"{len(xs)} groups of images but {len(masks)} masks")
         tokens = [self.prepare_tokens(x, m) for x, m in zip(xs, masks, strict=True)]
         self._set_backend(tokens[0].device, len(tokens))
+        shapes = group_shapes(tokens)
+        x = cat_groups(tokens)
         for blk in self.blocks:
-            tokens = blk.forward_list(tokens)
+            x = blk.forward_packed(x, shapes)
+        tokens = split_groups(x, shapes)
         return [self._output(t, m) for t, m in zip(tokens, masks, strict=True)]
 
     def forward_features(self, x: Tensor, masks: Tensor | None = None) -> BackboneOutput:
