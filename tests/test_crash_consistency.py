@@ -47,6 +47,16 @@ TOTAL = EPOCHS * EPOCH_LENGTH
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is faster on a busy machine. The spawned runs use one
+    too (``OMP_NUM_THREADS=1``), so every process reduces in the same order: bitwise parity."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def overrides(out: Path, data: Path, period: int = 2) -> list[str]:
     return [
         "model.arch=vit_tiny",
@@ -95,7 +105,7 @@ def spawn(cfg_path: Path, log: Path, *extra: str, env: dict | None = None, group
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {})),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=group,
