@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from fastdino_cli import checkpoint as ck
@@ -12,11 +13,17 @@ from fastdino_cli.eval.features import Features
 from fastdino_cli.model.vit import build_vit
 
 
-def tiny_checkpoint(path: Path, *, seed: int = 0, img_size: int = 32, depth: int = 4) -> Path:
+def tiny_checkpoint(path: Path, *, seed: int = 7, img_size: int = 32, depth: int = 4) -> Path:
     """A random-init ViT (width 32, patch 8) saved in the fastdino format."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        arch="vit_tiny", patch_size=8, img_size=img_size, embed_dim=32, depth=depth, num_heads=2
+        arch="vit_tiny",
+        patch_size=8,
+        img_size=img_size,
+        embed_dim=32,
+        depth=depth,
+        num_heads=2,
+        layerscale_init=None,  # DINOv2's 1e-5 makes a random-init CLS ignore the image
     )
     model = build_vit(cfg)
     teacher = {f"backbone.{k}": v.clone() for k, v in model.state_dict().items()}
@@ -41,3 +48,12 @@ def synthetic_features(
     cls = torch.stack([torch.randn(n, dim, generator=g), x], dim=1)  # block -2 is noise
     patch_mean = torch.randn(n, dim, generator=g)
     return Features(cls, patch_mean, labels, [f"c{i}" for i in range(num_classes)])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and do not stall when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,16 +1,157 @@
-"""`fastdino probe`: kNN and linear probes on frozen teacher features."""
+"""`fastdino probe`: kNN and linear probes on frozen teacher features (``eval.probe.run_probe``)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, not_available
+from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.errors import ConfigError
+
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+EXAMPLES = """
+Examples:
+
+  fastdino probe runs/demo/final.pt --train demo-data/train --val demo-data/val --baseline-random
+
+  fastdino probe runs/a/final.pt runs/b/final.pt --train IN/train --val IN/val --csv probe.csv
+"""
 
 
-def probe_command(ctx: typer.Context) -> None:
-    """kNN and linear probes on frozen teacher features."""
-    not_available("probe", 7)
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r}: expected comma-separated integers, e.g. 10,20"
+        ) from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r}: give at least one value")
+    return values
+
+
+_Train = Annotated[Path, typer.Option("--train", help="Labelled train folder (class sub-folders).")]
+_Val = Annotated[Path, typer.Option("--val", help="Labelled val folder (same classes).")]
+_K = Annotated[str, typer.Option("--k", help="kNN neighbour counts, comma-separated.")]
+_Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Linear-head epochs over train.")]
+_BatchSize = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Linear-head batch (lr scales by batch/256).")
+]
+_Holdout = Annotated[
+    float, typer.Option("--holdout", help="Fraction of train held out to choose the head.")
+]
+_NLastBlocks = Annotated[
+    str, typer.Option("--n-last-blocks", help="Blocks whose CLS the heads read, comma-separated.")
+]
+_BaselineRandom = Annotated[
+    bool, typer.Option("--baseline-random", help="Also probe the same architecture at random init.")
+]
+_Invariance = Annotated[
+    bool,
+    typer.Option("--invariance", help="Also measure view invariance per augmentation strategy."),
+]
+_Out = Annotated[
+    Path | None,
+    typer.Option("--out", help="Write the checkpoint with its probe head here, not in place."),
+]
+_NoWrite = Annotated[
+    bool, typer.Option("--no-write", help="Store nothing: no probe head, no probe.json.")
+]
+_AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+_Csv = Annotated[Path | None, typer.Option("--csv", help="Also write the table as CSV.")]
+_NoCache = Annotated[
+    bool, typer.Option("--no-cache", help="Recompute features; neither read nor write the cache.")
+]
+_Resize = Annotated[
+    int | None, typer.Option("--resize", min=1, help="Eval resize (default crop*256/224).")
+]
+_Crop = Annotated[
+    int | None,
+    typer.Option("--crop", min=1, help="Eval crop (default the final-stage global crop)."),
+]
+_Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+_Workers = Annotated[
+    int, typer.Option("--workers", min=0, help="Data-loader workers for feature extraction.")
+]
+_Seed = Annotated[
+    int, typer.Option("--seed", help="Seed of the split, heads, views and random init.")
+]
+
+
+def probe_command(
+    checkpoints: CheckpointsArg,
+    train: _Train,
+    val: _Val,
+    k: _K = "10,20,100,200",
+    epochs: _Epochs = 10,
+    batch_size: _BatchSize = 256,
+    holdout: _Holdout = 0.1,
+    n_last_blocks: _NLastBlocks = "1,4",
+    baseline_random: _BaselineRandom = False,
+    invariance: _Invariance = False,
+    out: _Out = None,
+    no_write: _NoWrite = False,
+    as_json: _AsJson = False,
+    csv: _Csv = None,
+    no_cache: _NoCache = False,
+    resize: _Resize = None,
+    crop: _Crop = None,
+    device: _Device = "auto",
+    workers: _Workers = DEFAULT_WORKERS,
+    seed: _Seed = 0,
+) -> None:
+    """kNN and linear probes on frozen teacher features; stores the chosen head in the checkpoint.
+
+    The linear head is chosen on a split held out from --train, then evaluated once on --val;
+    "best on val" is the reference protocol's optimistic figure, shown for comparison.
+    """
+    from fastdino_cli.eval.probe import run_probe
+
+    report = run_probe(
+        checkpoints, train, val, ks=_ints(k, "--k"), epochs=epochs, batch_size=batch_size,
+        holdout=holdout, n_last_blocks=_ints(n_last_blocks, "--n-last-blocks"),
+        baseline_random=baseline_random, invariance=invariance, out=out, write=not no_write,
+        use_cache=not no_cache, resize=resize, crop=crop, device=device, num_workers=workers,
+        seed=seed,
+    )  # fmt: skip
+    frame = report.to_frame()
+    if csv is not None:
+        frame.to_csv(csv, index=False)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    typer.echo(render_table(frame))
+    for row in report.rows:
+        if row.stored_in:
+            typer.echo(f"probe head ({row.linear.spec.label()}) stored in {row.stored_in}")
+
+
+def render_table(frame: pd.DataFrame) -> str:
+    """One row per model, one column per number; wraps to the terminal width."""
+    import io
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=len(frame) > 1)
+    for col in frame.columns:
+        table.add_column(
+            str(col).replace("_", " "), justify="left" if col in ("model", "head") else "right"
+        )
+    for _, row in frame.iterrows():
+        table.add_row(*["-" if pd.isna(v) else str(v) for v in row.tolist()])
+    buf = io.StringIO()
+    width = shutil.get_terminal_size((160, 40)).columns
+    Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
+    return buf.getvalue().rstrip("\n")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("probe", context_settings=PASS_THROUGH)(probe_command)
+    app.command("probe", epilog=EXAMPLES)(probe_command)

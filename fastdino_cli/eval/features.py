@@ -296,9 +296,10 @@ class _progress:
 
     def __enter__(self):
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import Progress
 
-            self.bar = Progress(transient=True)
+            self.bar = Progress(console=Console(stderr=True), transient=True)
             self.bar.start()
             task = self.bar.add_task(self.desc, total=self.total)
             return lambda n: self.bar.advance(task, n)

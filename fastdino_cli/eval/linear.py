@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fastdino_cli.errors import DataError
@@ -38,9 +37,7 @@ class HeadSpec:
     lr: float
 
     def label(self) -> str:
-        return (
-            f"blocks={self.n_last_blocks} avgpool={'yes' if self.avgpool else 'no'} lr={self.lr:g}"
-        )
+        return f"{self.n_last_blocks}blk{'+avg' if self.avgpool else ''} lr={self.lr:g}"
 
 
 @dataclass
@@ -122,8 +119,8 @@ def train_linear_grid(
     for n_blocks, avgpool in recipes:
         d = head_input(cls[:1].float(), pm[:1].float(), n_blocks, avgpool).shape[1]
         w = torch.randn(L, d, num_classes, generator=g).mul_(0.01).to(device)
-        weights.append(w.requires_grad_(True))
-        biases.append(torch.zeros(L, num_classes, device=device, requires_grad=True))
+        weights.append(w)
+        biases.append(torch.zeros(L, num_classes, device=device))
         bufs.append([torch.zeros_like(weights[-1]), torch.zeros_like(biases[-1])])
     step = 0
     for _ in range(epochs):
@@ -134,11 +131,14 @@ def train_linear_grid(
             lr_t = lr_vec * 0.5 * (1.0 + math.cos(math.pi * step / total))
             for r, (n_blocks, avgpool) in enumerate(recipes):
                 x = head_input(cls[idx].float(), pm[idx].float(), n_blocks, avgpool)
-                logits = torch.einsum("bd,ldc->lbc", x, weights[r]) + biases[r][:, None]
-                # sum over heads of each head's mean loss: independent gradients per head
-                loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(L)) * L
-                gw, gb = torch.autograd.grad(loss, [weights[r], biases[r]])
                 with torch.no_grad():
+                    logits = torch.matmul(x, weights[r]) + biases[r][:, None]
+                    # d/dlogits of the sum over heads of each head's mean cross-entropy
+                    g_logits = torch.softmax(logits, dim=-1)
+                    g_logits[:, torch.arange(len(y), device=device), y] -= 1.0
+                    g_logits /= len(y)
+                    gw = torch.matmul(x.T, g_logits)
+                    gb = g_logits.sum(dim=1)
                     for p, grad, buf in ((weights[r], gw, bufs[r][0]), (biases[r], gb, bufs[r][1])):
                         buf.mul_(0.9).add_(grad)
                         p.sub_(buf * lr_t.view(-1, *([1] * (p.dim() - 1))))
@@ -146,8 +146,8 @@ def train_linear_grid(
     return LinearGrid(
         recipes=list(recipes),
         lrs=list(lrs),
-        weights=[w.detach() for w in weights],
-        biases=[b.detach() for b in biases],
+        weights=weights,
+        biases=biases,
     )
 
 
@@ -164,7 +164,7 @@ def evaluate_grid(grid: LinearGrid, feats: Features, chunk: int = 4096) -> tuple
         y = feats.labels[start : start + chunk].to(device)
         for r, (n_blocks, avgpool) in enumerate(grid.recipes):
             x = head_input(cls, pm, n_blocks, avgpool)
-            logits = torch.einsum("bd,ldc->lbc", x, grid.weights[r]) + grid.biases[r][:, None]
+            logits = torch.matmul(x, grid.weights[r]) + grid.biases[r][:, None]
             k = min(5, logits.shape[-1])
             pred = logits.topk(k, dim=-1).indices  # (L, B, k)
             top1[r * L : (r + 1) * L] += (pred[..., 0] == y).sum(dim=1).float()

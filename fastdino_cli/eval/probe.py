@@ -53,16 +53,16 @@ class ProbeRow:
         """One table row: plain columns, accuracies in %."""
         row: dict[str, Any] = {"model": self.name}
         for r in self.knn:
-            row[f"knn{r.k}_top1"] = round(r.top1, 2)
+            row[f"knn{r.k}"] = round(r.top1, 2)
         best_k = max(self.knn, key=lambda r: r.k)
         row[f"knn{best_k.k}_top5"] = round(best_k.top5, 2)
-        row["linear_top1"] = round(self.linear.val_top1, 2)
+        row["linear"] = round(self.linear.val_top1, 2)
         row["linear_top5"] = round(self.linear.val_top5, 2)
-        row["holdout_top1"] = round(self.linear.holdout_top1, 2)
-        row["best_on_val_top1 (optimistic)"] = round(self.linear.best_on_val_top1, 2)
+        row["heldout"] = round(self.linear.holdout_top1, 2)
+        row["best_on_val*"] = round(self.linear.best_on_val_top1, 2)
         row["head"] = self.linear.spec.label()
         for strategy, value in (self.invariance or {}).items():
-            row[f"inv_{strategy}"] = round(value, 4)
+            row[f"inv_{strategy}"] = round(value, 3)
         return row
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +105,8 @@ class ProbeReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
+        """Accuracies in %; ``best_on_val*`` is the reference's optimistic head choice on val;
+        ``inv_*`` are mean cosine similarities between views (``different-images``: scale)."""
         return pd.DataFrame([r.flat() for r in self.rows])
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +165,8 @@ def run_probe(
         raise ConfigError(f"--k values must be positive integers, got {list(ks)}")
     if any(int(b) < 1 for b in n_last_blocks):
         raise ConfigError(f"--n-last-blocks must be positive, got {list(n_last_blocks)}")
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"--holdout {holdout} must be strictly between 0 and 1")
     dev = resolve_device(device)
     train_folder = scan_labelled_folder(train, what="train")
     val_folder = scan_labelled_folder(val, what="val")
