@@ -2,15 +2,97 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, not_available
+from fastdino_cli.commands._common import CheckpointsArg
+
+EXAMPLES = """
+Examples:\n
+  fastdino corrupt-eval runs/x/final.pt --imagenet-c /data/imagenet-c --clean /data/imagenet/val\n
+  fastdino corrupt-eval a.pt b.pt --val /data/in100/val --write-c /data/in100-c --workers 8\n
+  fastdino corrupt-eval final.pt --val DIR --corruptions noise,fog --severities 1,3,5 --examples
+"""
 
 
-def corrupt_eval_command(ctx: typer.Context) -> None:
-    """ImageNet-C robustness per corruption and severity."""
-    not_available("corrupt-eval", 8)
+def corrupt_eval_command(
+    checkpoints: CheckpointsArg,
+    imagenet_c: Annotated[
+        Path | None, typer.Option("--imagenet-c", help="Released ImageNet-C root.")
+    ] = None,
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Clean labelled folder, corrupted on the fly.")
+    ] = None,
+    clean: Annotated[
+        Path | None, typer.Option("--clean", help="Clean folder for --imagenet-c clean accuracy.")
+    ] = None,
+    write_c: Annotated[
+        Path | None, typer.Option("--write-c", help="Store the --val corrupted set (JPEG q85).")
+    ] = None,
+    corruptions: Annotated[
+        str, typer.Option(help="Names, groups, 'benchmark' or 'all', comma-separated.")
+    ] = "all",
+    severities: Annotated[str, typer.Option(help="E.g. '1-5' or '1,3,5'.")] = "1-5",
+    seed: Annotated[int, typer.Option(help="Seed of the on-the-fly corruptions.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    max_per_class: Annotated[
+        int | None, typer.Option(min=1, help="Use at most N images per class.")
+    ] = None,
+    resize_c: Annotated[
+        bool, typer.Option(help="--imagenet-c: use the probe's resize + crop, not a crop only.")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", help="Folder for CSV, JSON and figures.")] = Path(
+        "corrupt-eval"
+    ),
+    figures: Annotated[bool, typer.Option(help="Draw the accuracy figures.")] = True,
+    examples: Annotated[
+        bool, typer.Option("--examples", help="Also draw one image under every corruption.")
+    ] = False,
+    example_image: Annotated[
+        Path | None, typer.Option(help="Image for --examples (default: first clean image).")
+    ] = None,
+    example_severity: Annotated[int, typer.Option(min=1, max=5)] = 3,
+) -> None:
+    """ImageNet-C robustness per corruption and severity, means, mCE; tables and figures."""
+    from fastdino_cli.eval.corrupt_eval import corrupt_eval, format_table
+    from fastdino_cli.eval.corrupt_figures import first_clean_image, write_report
+
+    result = corrupt_eval(
+        checkpoints,
+        imagenet_c=imagenet_c,
+        val=val,
+        clean=clean,
+        write_c=write_c,
+        corruptions=corruptions,
+        severities=severities,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        max_per_class=max_per_class,
+        resize_c=resize_c,
+    )
+    if examples and example_image is None:
+        example_image = first_clean_image(val or clean)
+    paths = write_report(
+        result,
+        out,
+        figures=figures,
+        example_image=example_image,
+        example_severity=example_severity,
+        seed=seed,
+    )
+    typer.echo(format_table(result))
+    for kind, path in paths.items():
+        typer.echo(f"{kind}: {path}")
+
+
+corrupt_eval_command.__doc__ = (corrupt_eval_command.__doc__ or "") + EXAMPLES
 
 
 def register(app: typer.Typer) -> None:
-    app.command("corrupt-eval", context_settings=PASS_THROUGH)(corrupt_eval_command)
+    app.command("corrupt-eval")(corrupt_eval_command)
