@@ -1,16 +1,108 @@
-"""`fastdino gradcam`: Grad-CAM maps of one or more checkpoints."""
+"""`fastdino gradcam`: Grad-CAM maps of one or more checkpoints, side by side."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, not_available
+from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.eval.gradcam import DEFAULT_TARGET_LAYER, method_names
+from fastdino_cli.eval.gradcam_run import TARGET_HELP, run_gradcam
+
+EXAMPLES = """Examples:
+
+  fastdino gradcam runs/fast/final.pt runs/base/final.pt --data val/ --per-class 2 --out cam/
+
+  fastdino gradcam runs/fast/final.pt --images photos/ --target class:cat
+
+  fastdino gradcam runs/fast/final.pt --data val/ --target prototype --prototype-data train/
+
+  fastdino gradcam runs/fast/final.pt --images photos/ --method eigencam
+"""
 
 
-def gradcam_command(ctx: typer.Context) -> None:
-    """Grad-CAM maps of one or more checkpoints."""
-    not_available("gradcam", 10)
+def gradcam_command(
+    checkpoints: CheckpointsArg,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--images",
+            help="Image file, folder (recursive) or .txt list of paths; repeat for several.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Labelled folder DIR/<class>/*: explain --per-class images."),
+    ] = None,
+    per_class: Annotated[int, typer.Option(help="Images per class taken from --data.")] = 2,
+    target: Annotated[str, typer.Option(help=f"What each map explains: {TARGET_HELP}.")] = (
+        "predicted"
+    ),
+    method: Annotated[
+        str, typer.Option(help=f"Saliency method: {', '.join(method_names())}.")
+    ] = "gradcam",
+    layer: Annotated[
+        str, typer.Option(help="Target layer, a dotted path below the backbone.")
+    ] = DEFAULT_TARGET_LAYER,
+    prototype_data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled folder whose class means are the prototypes (default --data)."),
+    ] = None,
+    prototype_per_class: Annotated[
+        int, typer.Option(help="Images per class averaged into a prototype (0: all).")
+    ] = 64,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Input side in px (default: the first probe's eval size, else arch)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM batch.")] = 8,
+    names: Annotated[
+        str | None, typer.Option(help="Comma-separated column titles, one per checkpoint.")
+    ] = None,
+    aug_smooth: Annotated[
+        bool, typer.Option(help="Average over flips and brightness scalings (6x slower).")
+    ] = False,
+    eigen_smooth: Annotated[
+        bool, typer.Option(help="First principal component of the weighted activations.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for choosing --per-class images.")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("gradcam_out"),
+) -> None:
+    """Grad-CAM maps of one or more checkpoints: a grid PNG plus one .npy per map.
+
+    Rows are images; columns the input and each checkpoint's overlay, titled with the
+    checkpoint and the predicted/true class. The default target is the stored probe head's
+    predicted class; checkpoints without a probe use --target self|prototype or
+    --method eigencam.
+    """
+    result = run_gradcam(
+        checkpoints,
+        images=images or None,
+        data=data,
+        per_class=per_class,
+        target=target,
+        method=method,
+        target_layer=layer,
+        prototype_data=prototype_data,
+        prototype_per_class=prototype_per_class or None,
+        image_size=image_size,
+        batch_size=batch_size,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        names=[n.strip() for n in names.split(",")] if names else None,
+        device=device,
+        seed=seed,
+        out_dir=out,
+    )
+    n_maps = sum(len(c.maps) for c in result.columns)
+    typer.echo(
+        f"{result.method}: {len(result.samples)} images x {len(result.columns)} checkpoints "
+        f"-> {out / 'gradcam.png'}, {n_maps} maps under {out / 'maps'}, {out / 'gradcam.json'}"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("gradcam", context_settings=PASS_THROUGH)(gradcam_command)
+    app.command("gradcam", epilog=EXAMPLES)(gradcam_command)
