@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, ConfigFileOpt, OverridesArg, PresetOpt
+from fastdino_cli.commands._common import (
+    PASS_THROUGH,
+    ConfigFileOpt,
+    JsonOpt,
+    OverridesArg,
+    PresetOpt,
+)
 from fastdino_cli.config import load_config_yaml, resolve_config
 from fastdino_cli.errors import ConfigError
 
@@ -18,6 +25,8 @@ EXAMPLES = """Examples:
   fastdino pretrain --preset vitb16-in1k data.train=/datasets/imagenet/train
 
   fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
+
+  fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
 """
 
 
@@ -36,6 +45,19 @@ def pretrain_command(
         typer.Option("--force-config", help="Resume even if the config differs from the run's."),
     ] = False,
     overrides: OverridesArg = None,
+    plan: Annotated[
+        bool,
+        typer.Option("--plan", help="Print steps, crops and FLOPs per stage; train nothing."),
+    ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option("--compare", help="With --plan: another preset, and the FLOPs ratio."),
+    ] = None,
+    as_json: JsonOpt = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option("--gpus", min=1, help="With --plan: GPUs the totals assume (default 1)."),
+    ] = None,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
     from fastdino_cli.train.loop import pretrain
@@ -50,11 +72,24 @@ def pretrain_command(
         cfg = _overlay(base.to_dict(), items)
     else:
         cfg = resolve_config(preset, config, items)
+    if plan or compare or as_json or gpus:
+        _plan(cfg, plan, compare, as_json, gpus)
+        return
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
     where = result.final_checkpoint or (result.run_dir / "checkpoint.pt")
     typer.echo(
         f"{result.stopped}: {result.steps_done}/{result.total_steps} steps; checkpoint {where}"
     )
+
+
+def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
+    from fastdino_cli.train.flops import plan_run, render_plan
+
+    if not plan:
+        raise ConfigError("--compare, --json and --gpus only apply with --plan")
+    other = resolve_config(compare) if compare else None
+    result = plan_run(cfg, other, gpus=gpus or 1)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
 
 
 def _overlay(data: dict, items: list[str]):
