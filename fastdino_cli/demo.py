@@ -3,12 +3,12 @@
 What ``fastdino demo`` (and ``make demo``) runs, in order::
 
     demo data            OUT/data/{train,val}/<class>/*.png       (data.demo)
-    pretrain x 2         OUT/runs/demo-dinov2, OUT/runs/demo      (the baseline first: it is the
-                                                                    reference of every change)
+    pretrain x 2         OUT/runs/dinov2 (preset demo-dinov2),    (the baseline first: it is the
+                         OUT/runs/fastdinov2 (preset demo)         reference of every change)
     probe x 2            RUN/probe.json + the head in RUN/final.pt (kNN, linear, random init)
     corrupt-eval x 2     RUN/corrupt-eval/                        (19 corruptions; severities
                                                                     1,3,5, or 1-5 with full=True)
-    fourier-heatmap x 2  RUN/fourier/final/                       (64 px, 31x31 window)
+    fourier-heatmap x 2  RUN/fourier/final/                       (64 px, 21x21 window)
     gradcam x 2          RUN/gradcam/                             (one image per class)
     report               OUT/report/report.md                     (report.build_report)
 
@@ -35,10 +35,12 @@ from typing import Any
 
 from fastdino_cli.report_run import EvalSettings, Step, evaluation_steps
 
-PRESETS = ("demo-dinov2", "demo")
-"""Baseline first: the report's relative changes are against the first run."""
+RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
+"""Run folder -> preset; the baseline first: the report's relative changes are against it."""
 DEFAULT_SEVERITIES = "1,3,5"
-FOURIER_WINDOW = 31
+FOURIER_WINDOW = 21
+TRAIN_OVERRIDES = ("data.num_workers=1",)
+"""One loader worker overlaps augmentation with the step on 2 cores (a run-control key)."""
 
 
 def demo_settings(data: Path, full: bool = False) -> EvalSettings:
@@ -246,7 +248,7 @@ def run_demo(
     out = Path(out)
     data = out / "data"
     settings = settings or demo_settings(data, full)
-    run_dirs = [out / "runs" / p for p in PRESETS]
+    run_dirs = [out / "runs" / name for name in RUNS]
     items: list[tuple[Step, Callable[[], str] | None]] = []
 
     def build_data() -> Any:
@@ -255,13 +257,14 @@ def run_demo(
         )
 
     items.append((Step("demo data", lambda: False, build_data, f"fastdino data demo {data}"), None))
-    for preset, run_dir in zip(PRESETS, run_dirs, strict=True):
+    for preset, run_dir in zip(RUNS.values(), run_dirs, strict=True):
         length = max(1, round(resolve_config(preset).train.epoch_length * steps_scale))
-        ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}", *overrides]
+        ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
+        ovr += [*TRAIN_OVERRIDES, *overrides]
         step = pretrain_step(preset, run_dir, ovr)
         total = resolve_config(preset, None, ovr).total_iterations
         items.append((step, pretrain_detail(run_dir, total)))
-    per_run = [evaluation_steps(d, p, settings) for d, p in zip(run_dirs, PRESETS, strict=True)]
+    per_run = [evaluation_steps(d, name, settings) for d, name in zip(run_dirs, RUNS, strict=True)]
     for kind in range(len(per_run[0])):
         items += [(steps[kind], None) for steps in per_run]
     report_dir = out / "report"

@@ -145,6 +145,17 @@ def fmt(x, digits: int = 1, suffix: str = "") -> str:
     return f"{x:,.{digits}f}{suffix}"
 
 
+def fmt_flops(pflops) -> str:
+    """A FLOP count given in PFLOPs, with an SI prefix (``40.8 T``)."""
+    if pflops is None or not math.isfinite(float(pflops)):
+        return "-"
+    value = float(pflops) * 1e15
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}"
+    return f"{value:.3g}"
+
+
 def fmt_rel(x) -> str:
     """A relative change as a signed percentage."""
     if x is None or not math.isfinite(float(x)):
@@ -170,7 +181,7 @@ def _missing_lines(report: Report, section: str, key: str, runs, settings) -> li
 def _runs_section(report: Report, settings) -> list[str]:
     t = report.tables["runs"]
     first = report.runs[0].label
-    header = ["run", "preset", "steps", "wall-clock", "images/s", "GFLOPs/img", "PFLOPs"]
+    header = ["run", "preset", "steps", "wall-clock", "images/s", "GFLOPs/img", "FLOPs"]
     header += [f"time vs {first}", f"FLOPs vs {first}"]
     rows = []
     for r in t.itertuples():
@@ -178,7 +189,7 @@ def _runs_section(report: Report, settings) -> list[str]:
         wall = "-" if pd.isna(r.wall_clock_s) else f"{r.wall_clock_s / 60:.1f} min"
         rows.append(
             [r.run, r.preset, steps, wall, fmt(r.images_per_s), fmt(r.gflops_per_image, 3),
-             fmt(r.pflops, 4), fmt_rel(r.wall_clock_s_rel), fmt_rel(r.pflops_rel)]
+             fmt_flops(r.pflops), fmt_rel(r.wall_clock_s_rel), fmt_rel(r.pflops_rel)]
         )  # fmt: skip
     lines = ["## Runs", "", _table(header, rows), ""]
     lines.append(
