@@ -178,7 +178,7 @@ def _slug(name: str) -> str:
 def _run_step(step: Step, logs: Path, progress: Progress, detail=None) -> dict[str, Any]:
     """Run one step unless done, output to its log, the display updated meanwhile."""
     progress.start(step.name)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     if step.done():
         progress.finish(step.name, time.perf_counter() - t0, "reused")
         return {"status": "reused", "seconds": 0.0}
@@ -212,7 +212,13 @@ def _run_step(step: Step, logs: Path, progress: Progress, detail=None) -> dict[s
             poller.join()
     seconds = time.perf_counter() - t0
     progress.finish(step.name, seconds, "done")
-    return {"status": "ran", "seconds": round(seconds, 2)}
+    return {"status": "ran", "seconds": round(seconds, 2), "cpu_s": round(_cpu_seconds() - cpu0, 2)}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (data-loader workers included)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def run_demo(
@@ -276,7 +282,7 @@ def run_demo(
             timings[step.name] = _run_step(step, out / "logs", bar, detail)
             earlier = before.get(step.name, {})
             if timings[step.name]["status"] == "reused" and earlier.get("seconds"):
-                timings[step.name] = {"status": "reused", "seconds": earlier["seconds"]}
+                timings[step.name] = {**earlier, "status": "reused"}
         total_s = time.perf_counter() - t_start
         record = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

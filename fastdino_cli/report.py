@@ -305,9 +305,13 @@ def _draw(report: Report, out: Path) -> dict[str, Path]:
 
 def _timings_section(timings: dict) -> list[str]:
     steps = timings.get("steps", {})
-    rows = [[name, fmt(t.get("seconds"), 1), t.get("status", "")] for name, t in steps.items()]
+    rows = [
+        [name, fmt(t.get("seconds"), 1), fmt(t.get("cpu_s"), 1), t.get("status", "")]
+        for name, t in steps.items()
+    ]
     total = timings.get("seconds_all_steps")
-    lines = ["## Pipeline wall-clock", "", _table(["step", "seconds", "this call"], rows), ""]
+    header = ["step", "wall-clock s", "CPU s", "this call"]
+    lines = ["## Pipeline wall-clock", "", _table(header, rows), ""]
     lines.append(
         f"All steps: {fmt(total / 60 if total else None, 1)} min on {timings.get('cpu_count')} "
         f"CPU(s) of `{timings.get('host')}` ({timings.get('date')}); a reused step shows the "
