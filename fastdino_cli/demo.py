@@ -153,7 +153,7 @@ class Progress:
         self.done += 1
         line = f"[{self.done}/{self.total}] {name}: {status} ({seconds:.1f} s)"
         if self._bar is not None:
-            self._bar.console.print(line)
+            self._bar.console.print(line, markup=False, highlight=False)
             self._bar.update(self._task, completed=self.done)
         else:
             print(line, file=self.stream, flush=True)
