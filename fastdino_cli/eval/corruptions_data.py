@@ -207,8 +207,9 @@ def write_released(root: Path, task: Task, sample: Sample, x: np.ndarray) -> Pat
 
 
 def worker_init(_: int) -> None:
-    """One thread per loader worker: the workers are the parallelism."""
-    import cv2
+    """One torch thread per loader worker: the workers are the parallelism.
 
-    cv2.setNumThreads(1)
+    OpenCV's thread pool is deliberately not touched here: calling ``cv2.setNumThreads`` in a
+    forked child whose parent already ran a parallel OpenCV call deadlocks.
+    """
     torch.set_num_threads(1)
