@@ -44,6 +44,7 @@ def _hardware(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),  # shared machines: context for the times
     }
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)

@@ -35,6 +35,7 @@ def test_options_are_forwarded_to_run_probe(monkeypatch, tmp_path):
     argv = ["probe", "a.pt", "b.pt", "--train", "tr", "--val", "va", "--k", "10,20"]
     argv += ["--epochs", "3", "--batch-size", "64", "--holdout", "0.2", "--n-last-blocks", "4"]
     argv += ["--baseline-random", "--invariance", "--no-cache", "--crop", "96", "--seed", "5"]
+    argv += ["--augment"]
     argv += ["--json"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
@@ -42,7 +43,7 @@ def test_options_are_forwarded_to_run_probe(monkeypatch, tmp_path):
     assert seen["ks"] == [10, 20] and seen["epochs"] == 3 and seen["batch_size"] == 64
     assert seen["holdout"] == 0.2 and seen["n_last_blocks"] == [4] and seen["crop"] == 96
     assert seen["baseline_random"] and seen["invariance"] and not seen["use_cache"]
-    assert seen["seed"] == 5 and seen["write"] and seen["out"] is None
+    assert seen["seed"] == 5 and seen["write"] and seen["out"] is None and seen["augment"]
 
 
 def test_end_to_end_table_json_csv_and_results_file(tmp_path, demo_data, monkeypatch, capsys):
@@ -56,7 +57,7 @@ def test_end_to_end_table_json_csv_and_results_file(tmp_path, demo_data, monkeyp
         capsys,
     )
     assert code == 0, err
-    assert "(random init)" in out and "best on val*" in out and "stored in" in out
+    assert "(random init)" in out and "best_on_val*" in out and "stored in" in out
     csv_lines = (tmp_path / "t.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 4 and csv_lines[0].startswith("model,knn10,knn20")
     for run_dir, path in ((tmp_path / "runA", a), (tmp_path / "runB", b)):
@@ -70,6 +71,7 @@ def test_end_to_end_table_json_csv_and_results_file(tmp_path, demo_data, monkeyp
     report = json.loads(out)
     assert len(report["rows"]) == 1 and report["rows"][0]["features_cached"] is True
     assert set(report["rows"][0]["knn"]) == {"10", "20"}
+    assert len(report["rows"][0]["linear"]["holdout_top1_per_head"]) == 4 * 13
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,13 @@ _NLastBlocks = Annotated[
 _BaselineRandom = Annotated[
     bool, typer.Option("--baseline-random", help="Also probe the same architecture at random init.")
 ]
+_Augment = Annotated[
+    bool,
+    typer.Option(
+        "--augment",
+        help="Train the heads on RandomResizedCrop+flip views (re-extracted every epoch, slow).",
+    ),
+]
 _Invariance = Annotated[
     bool,
     typer.Option("--invariance", help="Also measure view invariance per augmentation strategy."),
@@ -94,6 +101,7 @@ def probe_command(
     holdout: _Holdout = 0.1,
     n_last_blocks: _NLastBlocks = "1,4",
     baseline_random: _BaselineRandom = False,
+    augment: _Augment = False,
     invariance: _Invariance = False,
     out: _Out = None,
     no_write: _NoWrite = False,
@@ -116,9 +124,9 @@ def probe_command(
     report = run_probe(
         checkpoints, train, val, ks=_ints(k, "--k"), epochs=epochs, batch_size=batch_size,
         holdout=holdout, n_last_blocks=_ints(n_last_blocks, "--n-last-blocks"),
-        baseline_random=baseline_random, invariance=invariance, out=out, write=not no_write,
-        use_cache=not no_cache, resize=resize, crop=crop, device=device, num_workers=workers,
-        seed=seed,
+        baseline_random=baseline_random, augment=augment, invariance=invariance, out=out,
+        write=not no_write, use_cache=not no_cache, resize=resize, crop=crop, device=device,
+        num_workers=workers, seed=seed,
     )  # fmt: skip
     frame = report.to_frame()
     if csv is not None:
@@ -132,25 +140,42 @@ def probe_command(
             typer.echo(f"probe head ({row.linear.spec.label()}) stored in {row.stored_in}")
 
 
+LEGEND = (
+    "accuracies in %; linear: the head chosen on the held-out part of --train, evaluated once on "
+    "--val; best_on_val*: the best head chosen on val (the reference protocol, optimistic)"
+)
+
+
 def render_table(frame: pd.DataFrame) -> str:
-    """One row per model, one column per number; wraps to the terminal width."""
+    """Accuracy table (one row per model), then the invariance table when it was measured."""
+    inv = [c for c in frame.columns if str(c).startswith("inv_")]
+    acc = [c for c in frame.columns if c not in inv]
+    parts = [_rich_table(frame[acc]), LEGEND]
+    if inv:
+        renamed = frame[["model", *inv]].rename(columns={c: c[4:] for c in inv})
+        parts += ["", _rich_table(renamed, title="view invariance (mean cosine between views)")]
+    return "\n".join(parts)
+
+
+def _rich_table(frame: pd.DataFrame, title: str | None = None) -> str:
     import io
-    import shutil
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(show_lines=len(frame) > 1)
+    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    width = max(len(str(v)) for v in frame["model"]) if len(frame) else 5
     for col in frame.columns:
-        table.add_column(
-            str(col).replace("_", " "), justify="left" if col in ("model", "head") else "right"
-        )
+        if col == "model":
+            table.add_column("model", min_width=min(width, 48), overflow="fold")
+        else:
+            table.add_column(str(col), justify="left" if col == "head" else "right")
     for _, row in frame.iterrows():
         table.add_row(*["-" if pd.isna(v) else str(v) for v in row.tolist()])
     buf = io.StringIO()
-    width = shutil.get_terminal_size((160, 40)).columns
-    Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
-    return buf.getvalue().rstrip("\n")
+    # never crop numbers: a table wider than the terminal is left for the terminal to wrap
+    Console(file=buf, width=4096, color_system=None, force_terminal=False).print(table)
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
 
 
 def register(app: typer.Typer) -> None:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from fastdino_cli.errors import DataError
 from fastdino_cli.eval.labelled import LabelledFolder
 
 CACHE_VERSION = 1
@@ -160,7 +161,7 @@ def cache_dir() -> Path:
     return Path(base) / "features"
 
 
-class _FolderDataset(Dataset):
+class ImageDataset(Dataset):
     """Decoded, transformed images; a decode failure travels back as a message, not a raise."""
 
     def __init__(self, folder: LabelledFolder, transform: T.Compose, size: int) -> None:
@@ -174,6 +175,13 @@ class _FolderDataset(Dataset):
             return self.transform(self.folder.load_rgb(i)), self.folder.labels[i], ""
         except Exception as e:  # reported as one DataError line by the main process
             return torch.zeros(3, self.size, self.size), -1, str(e)
+
+
+def raise_decode_errors(errors: Sequence[str]) -> None:
+    """Turn the first decode failure of a batch from ``ImageDataset`` into a ``DataError``."""
+    bad = [e for e in errors if e]
+    if bad:
+        raise DataError(bad[0])
 
 
 def autocast_for(device: torch.device):
@@ -209,7 +217,7 @@ def extract_features(
             return hit
     model.eval().to(device)
     loader = DataLoader(
-        _FolderDataset(folder, eval_transform(recipe), recipe.crop_size),
+        ImageDataset(folder, eval_transform(recipe), recipe.crop_size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -220,11 +228,7 @@ def extract_features(
     cls_out, patch_out, label_out = [], [], []
     with _progress(desc, len(folder)) as advance:
         for x, y, err in loader:
-            bad = [e for e in err if e]
-            if bad:
-                from fastdino_cli.errors import DataError
-
-                raise DataError(bad[0])
+            raise_decode_errors(err)
             with autocast_for(device):
                 cls, patch_mean = probe_features(model, x.to(device, non_blocking=True), n_blocks)
             cls_out.append(cls.to("cpu", store))

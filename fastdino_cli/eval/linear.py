@@ -94,6 +94,67 @@ def stratified_split(labels: Tensor, fraction: float, seed: int = 0) -> tuple[Te
     return fit_t, hold_t
 
 
+class GridTrainer:
+    """SGD state of every (recipe, lr) head; ``step`` updates all heads on one mini-batch.
+
+    Gradients are the closed form of the softmax cross-entropy (no autograd graph): for logits
+    z = xW + b, d(mean CE)/dz = (softmax(z) - onehot(y)) / B, summed independently per head.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dims: Sequence[int],
+        recipes: Sequence[tuple[int, bool]],
+        lrs: Sequence[float],
+        num_classes: int,
+        batch_size: int,
+        total_steps: int,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.recipes, self.lrs, self.num_classes = list(recipes), list(lrs), num_classes
+        self.total, self.t = max(1, total_steps), 0
+        self.lr_vec = torch.tensor(lrs, device=self.device) * batch_size / 256.0
+        g = torch.Generator().manual_seed(seed)
+        L = len(lrs)
+        self.weights = [
+            torch.randn(L, d, num_classes, generator=g).mul_(0.01).to(self.device) for d in in_dims
+        ]
+        self.biases = [torch.zeros(L, num_classes, device=self.device) for _ in in_dims]
+        self.bufs = [(torch.zeros_like(w), torch.zeros_like(b))
+                     for w, b in zip(self.weights, self.biases, strict=True)]  # fmt: skip
+
+    @torch.no_grad()
+    def step(self, cls: Tensor, patch_mean: Tensor, y: Tensor) -> None:
+        lr_t = self.lr_vec * 0.5 * (1.0 + math.cos(math.pi * self.t / self.total))
+        cls, patch_mean = cls.to(self.device).float(), patch_mean.to(self.device).float()
+        y = y.to(self.device)
+        rows = torch.arange(len(y), device=self.device)
+        for r, (n_blocks, avgpool) in enumerate(self.recipes):
+            x = head_input(cls, patch_mean, n_blocks, avgpool)
+            logits = torch.matmul(x, self.weights[r]) + self.biases[r][:, None]  # (L, B, C)
+            g_logits = torch.softmax(logits, dim=-1)
+            g_logits[:, rows, y] -= 1.0
+            g_logits /= len(y)
+            grads = (torch.matmul(x.T, g_logits), g_logits.sum(dim=1))
+            for p, grad, buf in zip(
+                (self.weights[r], self.biases[r]), grads, self.bufs[r], strict=True
+            ):
+                buf.mul_(0.9).add_(grad)  # torch.optim.SGD, momentum 0.9, dampening 0
+                p.sub_(buf * lr_t.view(-1, *([1] * (p.dim() - 1))))
+        self.t += 1
+
+    def grid(self) -> LinearGrid:
+        return LinearGrid(self.recipes, self.lrs, self.weights, self.biases)
+
+
+def input_dims(recipes: Sequence[tuple[int, bool]], dim: int) -> list[int]:
+    """Head input width of each recipe for backbone width ``dim``."""
+    return [dim * n_blocks + (dim if avgpool else 0) for n_blocks, avgpool in recipes]
+
+
 def train_linear_grid(
     feats: Features,
     *,
@@ -107,48 +168,20 @@ def train_linear_grid(
 ) -> LinearGrid:
     """Train every (recipe, lr) head together with SGD momentum 0.9 and a cosine schedule."""
     device = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
-    cls, pm = feats.cls.to(device), feats.patch_mean.to(device)
-    y_all = feats.labels.to(device)
     n = len(feats)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    lr_vec = torch.tensor(lrs, device=device) * batch_size / 256.0
-    L = len(lrs)
-    weights, biases, bufs = [], [], []
-    for n_blocks, avgpool in recipes:
-        d = head_input(cls[:1].float(), pm[:1].float(), n_blocks, avgpool).shape[1]
-        w = torch.randn(L, d, num_classes, generator=g).mul_(0.01).to(device)
-        weights.append(w)
-        biases.append(torch.zeros(L, num_classes, device=device))
-        bufs.append([torch.zeros_like(weights[-1]), torch.zeros_like(biases[-1])])
-    step = 0
+    trainer = GridTrainer(
+        in_dims=input_dims(recipes, feats.cls.shape[-1]), recipes=recipes, lrs=lrs,
+        num_classes=num_classes, batch_size=batch_size,
+        total_steps=epochs * math.ceil(n / batch_size), seed=seed, device=device,
+    )  # fmt: skip
+    cls, pm, y_all = feats.cls.to(device), feats.patch_mean.to(device), feats.labels.to(device)
+    g = torch.Generator().manual_seed(seed + 1)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g).to(device)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            y = y_all[idx]
-            lr_t = lr_vec * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            for r, (n_blocks, avgpool) in enumerate(recipes):
-                x = head_input(cls[idx].float(), pm[idx].float(), n_blocks, avgpool)
-                with torch.no_grad():
-                    logits = torch.matmul(x, weights[r]) + biases[r][:, None]
-                    # d/dlogits of the sum over heads of each head's mean cross-entropy
-                    g_logits = torch.softmax(logits, dim=-1)
-                    g_logits[:, torch.arange(len(y), device=device), y] -= 1.0
-                    g_logits /= len(y)
-                    gw = torch.matmul(x.T, g_logits)
-                    gb = g_logits.sum(dim=1)
-                    for p, grad, buf in ((weights[r], gw, bufs[r][0]), (biases[r], gb, bufs[r][1])):
-                        buf.mul_(0.9).add_(grad)
-                        p.sub_(buf * lr_t.view(-1, *([1] * (p.dim() - 1))))
-            step += 1
-    return LinearGrid(
-        recipes=list(recipes),
-        lrs=list(lrs),
-        weights=weights,
-        biases=biases,
-    )
+            trainer.step(cls[idx], pm[idx], y_all[idx])
+    return trainer.grid()
 
 
 @torch.no_grad()
@@ -222,12 +255,9 @@ def linear_probe(
     device: str | torch.device = "cpu",
 ) -> LinearResult:
     """Grid on train, choice on the held-out split, one evaluation of the choice on val."""
-    available = train.cls.shape[1]
-    blocks = sorted({min(int(b), available) for b in n_last_blocks})
-    recipes = [(b, a) for b in blocks for a in avgpool]
     grid, chosen, hold_top1, n_fit, n_hold = fit_and_select(
         train,
-        recipes=recipes,
+        recipes=grid_recipes(n_last_blocks, avgpool, train.cls.shape[1]),
         lrs=lrs,
         holdout=holdout,
         epochs=epochs,
@@ -235,6 +265,21 @@ def linear_probe(
         seed=seed,
         device=device,
     )
+    return report_on_val(grid, chosen, hold_top1, val, n_fit, n_hold)
+
+
+def grid_recipes(
+    n_last_blocks: Sequence[int], avgpool: Sequence[bool], available: int
+) -> list[tuple[int, bool]]:
+    """(blocks, avgpool) pairs of the grid, block counts capped at what was extracted."""
+    blocks = sorted({min(int(b), available) for b in n_last_blocks})
+    return [(b, a) for b in blocks for a in avgpool]
+
+
+def report_on_val(
+    grid: LinearGrid, chosen: int, hold_top1: Tensor, val: Features, n_fit: int, n_hold: int
+) -> LinearResult:
+    """The one evaluation of the chosen head on val (+ the optimistic best-on-val figure)."""
     val_top1, val_top5 = evaluate_grid(grid, val)
     specs = grid.specs
     best_val = int(torch.argmax(val_top1))

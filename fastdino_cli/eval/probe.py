@@ -62,7 +62,7 @@ class ProbeRow:
         row["best_on_val*"] = round(self.linear.best_on_val_top1, 2)
         row["head"] = self.linear.spec.label()
         for strategy, value in (self.invariance or {}).items():
-            row[f"inv_{strategy}"] = round(value, 3)
+            row[f"inv_{strategy}"] = round(value, 4)
         return row
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +89,7 @@ class ProbeRow:
                 "num_holdout": lin.num_holdout,
                 "best_on_val_top1_optimistic": lin.best_on_val_top1,
                 "best_on_val_head": lin.best_on_val_spec.label(),
+                "holdout_top1_per_head": dict(lin.holdout_table),
             },
             "invariance": self.invariance,
             "features_cached": self.features_cached,
@@ -143,6 +144,7 @@ def run_probe(
     n_last_blocks: Sequence[int] = (1, 4),
     lrs: Sequence[float] = DEFAULT_LRS,
     baseline_random: bool = False,
+    augment: bool = False,
     invariance: bool = False,
     invariance_images: int = 64,
     invariance_views: int = 4,
@@ -181,6 +183,7 @@ def run_probe(
         "n_last_blocks": [int(b) for b in n_last_blocks],
         "lrs": [float(x) for x in lrs],
         "seed": seed,
+        "linear_mode": "augmented views" if augment else "cached features",
         "device": str(dev),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -197,7 +200,7 @@ def run_probe(
             t0 = time.perf_counter()
             row = _probe_one(
                 name, str(path), model, is_random, train_folder, val_folder, recipe,
-                ks=ks, epochs=epochs, batch_size=batch_size, holdout=holdout,
+                ks=ks, epochs=epochs, batch_size=batch_size, holdout=holdout, augment=augment,
                 n_last_blocks=n_last_blocks, lrs=lrs, use_cache=use_cache, device=dev,
                 num_workers=num_workers, extract_batch_size=extract_batch_size, seed=seed,
             )  # fmt: skip
@@ -234,6 +237,7 @@ def _probe_one(
     epochs: int,
     batch_size: int,
     holdout: float,
+    augment: bool,
     n_last_blocks: Sequence[int],
     lrs: Sequence[float],
     use_cache: bool,
@@ -254,10 +258,17 @@ def _probe_one(
         tr.last_cls, tr.labels, va.last_cls, va.labels, ks=ks,
         num_classes=len(tr.class_names), device=device,
     )  # fmt: skip
-    lin = linear_probe(
-        tr, va, n_last_blocks=n_last_blocks, lrs=lrs, holdout=holdout, epochs=epochs,
-        batch_size=batch_size, seed=seed, device=device,
-    )  # fmt: skip
+    common = dict(n_last_blocks=n_last_blocks, lrs=lrs, holdout=holdout, epochs=epochs,
+                  batch_size=batch_size, seed=seed, device=device)  # fmt: skip
+    if augment:
+        from fastdino_cli.eval.linear_augment import linear_probe_augmented
+
+        lin = linear_probe_augmented(
+            model, train_folder, va, recipe, num_workers=num_workers, use_cache=use_cache,
+            backbone_hash=mhash, **common,
+        )  # fmt: skip
+    else:
+        lin = linear_probe(tr, va, **common)
     return ProbeRow(
         name=name,
         checkpoint=checkpoint,
