@@ -398,8 +398,7 @@ def test_outputs_grid_png_npy_and_json(ckpts, demo_data, tmp_path):
     out = tmp_path / "out"
     result = run_gradcam(
         [probed, plain],
-        data=demo_data.val,
-        per_class=1,
+        images=[demo_data.val / "cat"],
         target="self",
         names=["fast", "base"],
         out_dir=out,
@@ -407,13 +406,14 @@ def test_outputs_grid_png_npy_and_json(ckpts, demo_data, tmp_path):
     meta = json.loads((out / "gradcam.json").read_text())
     assert [c["name"] for c in meta["columns"]] == ["fast", "base"]
     assert meta["target_layer"] == "blocks.-1.norm1" and meta["image_size"] == [32, 32]
+    assert meta["true_class"] == ["cat"] * 4  # folder name is a class of the probe
     for c, col in zip(meta["columns"], result.columns, strict=True):
-        assert len(c["maps"]) == demo_data.num_classes
+        assert len(c["maps"]) == 4
         for i, rel in enumerate(c["maps"]):
             np.testing.assert_array_equal(np.load(out / rel), col.maps[i])
     with Image.open(out / "gradcam.png") as im:
         w, h = im.size
-    assert h > 2.5 * w  # 10 rows x 3 columns
+    assert 1.1 * w < h < 2.0 * w  # 4 rows x 3 columns
 
 
 def test_cli_end_to_end_writes_grid_and_maps(ckpts, demo_data, tmp_path, capsys):
@@ -424,15 +424,16 @@ def test_cli_end_to_end_writes_grid_and_maps(ckpts, demo_data, tmp_path, capsys)
         seed=2,
     )
     out = tmp_path / "cam"
-    argv = ["gradcam", str(probed), str(other), "--data", str(demo_data.val), "--per-class", "1"]
+    argv = ["gradcam", str(probed), str(other), "--images", str(demo_data.val / "brick")]
     with pytest.raises(SystemExit) as e:
-        main([*argv, "--out", str(out), "--batch-size", "3"])
+        main([*argv, "--out", str(out), "--batch-size", "3", "--target", "true"])
     assert e.value.code == 0
-    assert "-> " in capsys.readouterr().out
+    assert "4 images x 2 checkpoints" in capsys.readouterr().out
     assert (out / "gradcam.png").is_file()
-    assert len(list((out / "maps").rglob("*.npy"))) == 2 * demo_data.num_classes
+    assert len(list((out / "maps").rglob("*.npy"))) == 2 * 4
     cols = json.loads((out / "gradcam.json").read_text())["columns"]
     assert [c["name"] for c in cols] == ["fast/final", "base2/final"]
+    assert cols[1]["explained"] == ["class brick"] * 4
 
 
 def test_cli_missing_probe_is_one_line_exit_2(ckpts, demo_data, tmp_path, capsys):

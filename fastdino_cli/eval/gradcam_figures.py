@@ -52,7 +52,7 @@ def plot_gradcam_grid(
 ) -> Path:
     """Save the grid PNG; titles carry checkpoint names, predicted and true classes."""
     n, ncols = len(result.samples), 1 + len(result.columns)
-    fig = Figure(figsize=(cell_inches * ncols, cell_inches * 1.18 * n + 0.6), dpi=dpi)
+    fig = Figure(figsize=(max(3.0, cell_inches * ncols), cell_inches * 1.18 * n + 0.8), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(n, ncols, squeeze=False)
     for r, sample in enumerate(result.samples):
@@ -81,11 +81,11 @@ def plot_gradcam_grid(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        f"{result.method} at {result.target_layer}, target {result.target} "
-        "(each map scaled to [0, 1])",
-        fontsize=9,
+        f"{result.method} at {result.target_layer}, target {result.target}\n"
+        "each map scaled to [0, 1] on its own",
+        fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     path = Path(path)
     fig.savefig(path)
     return path

@@ -247,6 +247,14 @@ def run_gradcam(
             Sample(s.path, s.path.parent.name if s.path.parent.name in known else None)
             for s in samples
         ]
+    if cam_method.uses_targets and spec.kind in ("true", "prototype") and not spec.class_name:
+        unknown = [s for s in samples if s.true_class is None]
+        if unknown:
+            raise DataError(
+                f"{unknown[0].path} has no known true class for --target {spec.kind} "
+                f"({len(unknown)} such images); pass a labelled folder with --data DIR "
+                "--per-class N, or name the class"
+            )
     pixels = load_pixels(samples, transform)
 
     proto_root = prototype_data if prototype_data is not None else data
