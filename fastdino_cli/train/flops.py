@@ -52,8 +52,11 @@ N_GLOBAL_CROPS = 2
 
 
 def _model_key(model: ModelConfig) -> str:
-    # drop path does not change the counted shapes (it is switched off for counting).
-    return model.model_copy(update={"drop_path_rate": 0.0, "compile": False}).model_dump_json()
+    # Neither drop path (switched off for counting) nor the learnable position grid (its
+    # interpolation is not a matrix product) changes the count: presets differing only there
+    # share one cached count.
+    update = {"drop_path_rate": 0.0, "compile": False, "img_size": model.patch_size}
+    return model.model_copy(update=update).model_dump_json()
 
 
 @functools.lru_cache(maxsize=64)
