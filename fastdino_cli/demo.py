@@ -39,8 +39,6 @@ RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
 """Run folder -> preset; the baseline first: the report's relative changes are against it."""
 DEFAULT_SEVERITIES = "1,3,5"
 FOURIER_WINDOW = 21
-TRAIN_OVERRIDES = ("data.num_workers=1",)
-"""One loader worker overlaps augmentation with the step on 2 cores (a run-control key)."""
 
 
 def demo_settings(data: Path, full: bool = False) -> EvalSettings:
@@ -266,7 +264,7 @@ def run_demo(
     for preset, run_dir in zip(RUNS.values(), run_dirs, strict=True):
         length = max(1, round(resolve_config(preset).train.epoch_length * steps_scale))
         ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
-        ovr += [*TRAIN_OVERRIDES, *overrides]
+        ovr += list(overrides)
         step = pretrain_step(preset, run_dir, ovr)
         total = resolve_config(preset, None, ovr).total_iterations
         items.append((step, pretrain_detail(run_dir, total)))
