@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fastdino_cli.report_run import EvalSettings
@@ -29,6 +30,15 @@ TINY_MODEL = [
     "train.log_period=1",
     "data.num_workers=0",
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the toy model gains nothing from two, and a busy machine loses a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _settings(out) -> EvalSettings:
