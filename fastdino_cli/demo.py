@@ -78,9 +78,16 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
         return (run_dir / "final.pt").is_file() and int(last.get("step", -1)) + 1 >= total
 
     def run() -> Any:
+        from fastdino_cli.errors import FastdinoError
         from fastdino_cli.train.loop import pretrain
 
-        return pretrain(cfg, progress=False)
+        result = pretrain(cfg, progress=False)
+        if result.stopped == "sigterm":
+            raise FastdinoError(
+                f"{run_dir} stopped by SIGTERM at step {result.steps_done}; run the demo "
+                "again to resume it"
+            )
+        return result
 
     args = " ".join(overrides)
     return Step(
