@@ -176,6 +176,22 @@ def _previous_timings(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _timings_record(
+    timings: dict[str, Any], full: bool, steps_scale: float, seconds: float
+) -> dict[str, Any]:
+    """``demo_timings.json``: per step wall-clock and CPU seconds, where and when."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "full": full,
+        "steps_scale": steps_scale,
+        "steps": timings,
+        "total_seconds_this_call": round(seconds, 1),
+        "seconds_all_steps": round(sum(t["seconds"] for t in timings.values()), 1),
+    }
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
@@ -288,18 +304,9 @@ def run_demo(
             earlier = before.get(step.name, {})
             if timings[step.name]["status"] == "reused" and earlier.get("seconds"):
                 timings[step.name] = {**earlier, "status": "reused"}
-        total_s = time.perf_counter() - t_start
-        record = {
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "host": platform.node(),
-            "cpu_count": os.cpu_count(),
-            "full": full,
-            "steps_scale": steps_scale,
-            "steps": timings,
-            "total_seconds_this_call": round(total_s, 1),
-            "seconds_all_steps": round(sum(t["seconds"] for t in timings.values()), 1),
-        }
-        (out / "demo_timings.json").write_text(json.dumps(record, indent=2) + "\n")
+            # written after every step, so an interrupted demo keeps what it measured
+            record = _timings_record(timings, full, steps_scale, time.perf_counter() - t_start)
+            (out / "demo_timings.json").write_text(json.dumps(record, indent=2) + "\n")
         bar.start("report")
         t0 = time.perf_counter()
         report = build_report(run_dirs, report_dir, settings=settings, timings=record)

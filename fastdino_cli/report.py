@@ -305,10 +305,11 @@ def _draw(report: Report, out: Path) -> dict[str, Path]:
 
 def _timings_section(timings: dict) -> list[str]:
     steps = timings.get("steps", {})
-    rows = [
-        [name, fmt(t.get("seconds"), 1), fmt(t.get("cpu_s"), 1), t.get("status", "")]
-        for name, t in steps.items()
-    ]
+    rows = []
+    for name, t in steps.items():
+        unknown = t.get("status") == "reused" and not t.get("seconds")
+        seconds = "- (ran in an earlier call)" if unknown else fmt(t.get("seconds"), 1)
+        rows.append([name, seconds, fmt(t.get("cpu_s"), 1), t.get("status", "")])
     total = timings.get("seconds_all_steps")
     header = ["step", "wall-clock s", "CPU s", "this call"]
     lines = ["## Pipeline wall-clock", "", _table(header, rows), ""]
