@@ -19,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "demo"
 START, END = "<!-- demo-excerpt:start -->", "<!-- demo-excerpt:end -->"
-FIGURES = {
-    "fourier_side_by_side.png": "Fourier heatmaps (one colour scale)",
-    "corruption_bars.png": "top-1 per corruption",
-    "gradcam_grid.png": "Grad-CAM, one column per run",
-    "training_fastdinov2.png": "training curves of the curriculum run",
+FIGURES = {  # file -> (alt text, width in the README)
+    "fourier_side_by_side.png": ("Fourier heatmaps (one colour scale)", "49%"),
+    "corruption_bars.png": ("top-1 per corruption", "49%"),
+    "training_fastdinov2.png": ("training curves of the curriculum run", "66%"),
+    "gradcam_grid.png": ("Grad-CAM, one column per run", "22%"),
 }
 
 
@@ -53,7 +53,8 @@ def main() -> None:
     command = "fastdino demo" + (f" --steps-scale {scale:g}" if scale != 1.0 else "")
     command += " --full" if timings.get("full") else ""
     imgs = " ".join(
-        f'<img src="docs/demo/{name}" alt="{alt}" width="49%">' for name, alt in FIGURES.items()
+        f'<img src="docs/demo/{name}" alt="{alt}" width="{width}">'
+        for name, (alt, width) in FIGURES.items()
     )
     excerpt = "\n".join(
         [
