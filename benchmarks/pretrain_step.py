@@ -9,6 +9,7 @@ the medians, the device, the date and the resolved crop sizes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -44,8 +45,11 @@ def main() -> None:
                 f"train.output_dir={tmp}/run",
             ],
         )
-        pretrain(cfg, progress=False)
-        rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().split()]
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout to the one JSON line
+            pretrain(cfg, progress=False)
+        rows = [
+            json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+        ]
     rows = [r for r in rows if r["step"] >= args.warmup]
     gb = cfg.train.batch_size_per_gpu
     step_s = statistics.median(gb / r["images_per_s"] for r in rows)
