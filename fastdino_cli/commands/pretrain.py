@@ -17,6 +17,7 @@ from fastdino_cli.commands._common import (
 )
 from fastdino_cli.config import load_config_yaml, resolve_config
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.train import launch
 
 EXAMPLES = """Examples:
 
@@ -26,7 +27,11 @@ EXAMPLES = """Examples:
 
   fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
 
+<<<<<<< HEAD
   fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
+=======
+  fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=...   # FSDP2 on 8 GPUs
+>>>>>>> fsdp
 """
 
 
@@ -44,6 +49,14 @@ def pretrain_command(
         bool,
         typer.Option("--force-config", help="Resume even if the config differs from the run's."),
     ] = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
+            "with FSDP2 (several machines: see README 'Scaling out').",
+        ),
+    ] = None,
     overrides: OverridesArg = None,
     plan: Annotated[
         bool,
@@ -72,16 +85,25 @@ def pretrain_command(
         cfg = _overlay(base.to_dict(), items)
     else:
         cfg = resolve_config(preset, config, items)
+<<<<<<< HEAD
     if plan or compare or as_json or gpus:
         _plan(cfg, plan, compare, as_json, gpus)
+=======
+    if gpus is not None and gpus > 1 and not launch.already_launched():
+        args = _pretrain_args(preset, config, out, resume, force_config, overrides)
+        launch.relaunch(Path(cfg.train.output_dir), gpus, args)
+>>>>>>> fsdp
         return
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
+    if launch.rank() != 0:  # one summary line per run, not one per process
+        return
     where = result.final_checkpoint or (result.run_dir / "checkpoint.pt")
     typer.echo(
         f"{result.stopped}: {result.steps_done}/{result.total_steps} steps; checkpoint {where}"
     )
 
 
+<<<<<<< HEAD
 def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
     from fastdino_cli.train.flops import plan_run, render_plan
 
@@ -90,6 +112,16 @@ def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None)
     other = resolve_config(compare) if compare else None
     result = plan_run(cfg, other, gpus=gpus or 1)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
+=======
+def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list[str]:
+    """The same command line for the launched processes, without ``--gpus``."""
+    args = ["--preset", preset] if preset else []
+    args += ["--config", str(config)] if config else []
+    args += ["--out", str(out)] if out else []
+    args += ["--resume"] if resume else []
+    args += ["--force-config"] if force_config else []
+    return [*args, *(overrides or [])]
+>>>>>>> fsdp
 
 
 def _overlay(data: dict, items: list[str]):

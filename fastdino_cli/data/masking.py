@@ -173,11 +173,15 @@ class MultiCropCollate:
         mask_probability: float,
         ratio_min_max: tuple[float, float],
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.patch_size = patch_size
         self.mask_probability = mask_probability
         self.ratio_min_max = tuple(ratio_min_max)
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
 
     def __call__(self, samples: list[CropSample]) -> MultiCropBatch:
         n_global = len(samples[0].global_crops)
@@ -191,13 +195,19 @@ class MultiCropCollate:
         step = samples[0].step
         grid = (glob.shape[-2] // self.patch_size, glob.shape[-1] // self.patch_size)
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, step, 0x3A5C])
+        # masks are drawn for the GLOBAL batch (all ranks) and this rank keeps its rows, so
+        # ranks get different masks and n processes compute what one process would
         masks = stratified_masks(
-            glob.shape[0],
+            glob.shape[0] * self.world_size,
             grid,
             mask_probability=self.mask_probability,
             ratio_min_max=self.ratio_min_max,
             rng=rng,
         )
+        if self.world_size > 1:
+            b, g = len(samples), len(samples) * self.world_size
+            rows = [c * g + self.rank * b + j for c in range(n_global) for j in range(b)]
+            masks = masks[rows]
         return MultiCropBatch(
             global_crops=glob,
             local_crops=loc,

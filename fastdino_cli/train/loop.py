@@ -38,6 +38,7 @@ from fastdino_cli.data.masking import MultiCropCollate
 from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler, seed_for
 from fastdino_cli.errors import ConfigError, FastdinoError
 from fastdino_cli.ssl.meta import SSLMetaArch
+from fastdino_cli.train import distributed as dist_utils
 from fastdino_cli.train import run_dir as rd
 from fastdino_cli.train.curriculum import is_restart_step, stage_at_step
 from fastdino_cli.train.progress import ProgressReporter
@@ -149,16 +150,19 @@ def _decide_start(
     ckpt = ckpt_io.load(latest)
     if "train_state" not in ckpt:
         raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
-    rd.check_resume_config(run_dir, ckpt.get("config") or {}, cfg.to_dict(), force_config)
+    old = dist_utils.config_for_this_world(ckpt, cfg.train.batch_size_per_gpu)
+    rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
     return ckpt
 
 
 def _checkpoint(model: SSLMetaArch, cfg: Config, train_state=None, metrics=None) -> dict:
+    # a collective when sharded: every rank calls it, only rank 0 gets the tensors
+    student, teacher = dist_utils.full_state_dicts(model)
     return ckpt_io.make_checkpoint(
         config=cfg.to_dict(),
         arch=model.student["backbone"].arch_dict(),
-        teacher=model.teacher.state_dict(),
-        student=model.student.state_dict(),
+        teacher=teacher,
+        student=student,
         train_state=train_state,
         metrics=metrics,
     )
@@ -197,6 +201,7 @@ def pretrain(
 
 def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> RunResult:
     ckpt = _decide_start(run_dir, cfg, resume, force_config)
+    dist_utils.barrier()  # every rank decided before rank 0 writes into the run directory
     total = cfg.total_iterations
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     start = int(ckpt["train_state"]["step"]) if ckpt else 0
@@ -210,6 +215,11 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     model = SSLMetaArch(
         model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
     )
+    sharded = dist_utils.fsdp_enabled(cfg.distributed, world)
+    if sharded:  # before the optimizer: fully_shard replaces the parameters
+        dist_utils.apply_fsdp(
+            model, cfg.distributed, cfg.train.precision, device=accelerator.device
+        )
     groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
     fused = cfg.optim.fused if cfg.optim.fused is not None else accelerator.device.type == "cuda"
     optimizer = torch.optim.AdamW(
@@ -217,14 +227,16 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     )
     torch.manual_seed(seed_for(cfg.train.seed, rank, 1))
     if ckpt:
-        ckpt_io.load_state_dict_strict(model.student, ckpt["student"], "student")
-        ckpt_io.load_state_dict_strict(model.teacher, ckpt["teacher"], "teacher")
+        dist_utils.load_full_state(model, ckpt["student"], ckpt["teacher"])
         ts = ckpt["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
+        dist_utils.load_optimizer_state(model, optimizer, ts["optimizer"])
         model.load_loss_state_dict(ts["loss"])
-        rd.set_rng_state(ts["rng"])
-    model.to(accelerator.device)
-    model, optimizer = accelerator.prepare(model, optimizer)
+        per_rank = ts.get("rng_per_rank")
+        same_world = per_rank is not None and len(per_rank) == world
+        rd.set_rng_state(per_rank[rank] if same_world else ts["rng"])
+    if not sharded:
+        model.to(accelerator.device)
+        model, optimizer = accelerator.prepare(model, optimizer)
     if ckpt and ckpt["train_state"].get("scaler") and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(ckpt["train_state"]["scaler"])
     core = _unwrap(accelerator, model)
@@ -247,8 +259,11 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     )
     if start >= stop:
         result.stopped = "already-finished"
-        if main and not (run_dir / "final.pt").exists() and start >= total:
-            ckpt_io.save(_checkpoint(core, cfg, metrics=ckpt.get("metrics")), run_dir / "final.pt")
+        if not (run_dir / "final.pt").exists() and start >= total:
+            final = _checkpoint(core, cfg, metrics=ckpt.get("metrics"))
+            if main:
+                ckpt_io.save(final, run_dir / "final.pt")
+            dist_utils.barrier()
         result.final_checkpoint = run_dir / "final.pt" if (run_dir / "final.pt").exists() else None
         return result
 
@@ -288,7 +303,8 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
             batch = batch.to(accelerator.device)
             with accelerator.autocast():
                 loss, metrics = model(batch, teacher_temp=values.teacher_temp)
-            finite = bool(torch.isfinite(loss))
+            finite = dist_utils.all_ranks_finite(loss)  # ranks skip a step together
+            metrics = dist_utils.mean_over_ranks(metrics)  # global-batch values on rank 0
             norms: dict[str, float] = {}
             if finite:
                 bad = 0
@@ -335,6 +351,8 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                         "or check the data"
                     )
             periodic = step_done % cfg.train.checkpoint_period == 0
+            if world > 1:  # SIGTERM reaches ranks at different steps: stop them together
+                sigterm.set = dist_utils.any_rank(sigterm.set)
             if sigterm.set or (finite and (periodic or step_done == stop)):
                 _save_resumable(
                     accelerator,
@@ -357,10 +375,12 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     result.bad_steps = bad
     if result.stopped != "sigterm":
         result.stopped = "finished" if step_done >= total else "max_steps"
+        final = run_dir / "final.pt"
+        final_ckpt = _checkpoint(core, cfg, metrics=reporter.last)
         if main:
-            final = run_dir / "final.pt"
-            ckpt_io.save(_checkpoint(core, cfg, metrics=reporter.last), final)
-            result.final_checkpoint = final
+            ckpt_io.save(final_ckpt, final)
+        result.final_checkpoint = final
+        dist_utils.barrier()
     if seen_skipped and main:
         print(
             f"fastdino: skipped {len(seen_skipped)} unreadable image file(s) during training",
@@ -399,6 +419,8 @@ def _build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLo
         mask_probability=cfg.ibot.mask_sample_probability,
         ratio_min_max=cfg.ibot.mask_ratio_min_max,
         seed=cfg.train.seed,
+        rank=rank,
+        world_size=world,
     )
     workers = cfg.data.num_workers
     return DataLoader(
@@ -418,20 +440,26 @@ def _build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLo
 def _save_resumable(
     accelerator, core, optimizer, cfg, run_dir, step_done, stage, bad, metrics, keep
 ) -> None:
+    # every rank takes part in gathering the full state; only rank 0 writes
+    optimizer_state = dist_utils.full_optimizer_state(core, _inner_optimizer(optimizer))
+    rng_per_rank = dist_utils.gather_objects(rd.rng_state())
+    ckpt = _checkpoint(core, cfg, None, metrics or None)
     if not accelerator.is_main_process:
+        dist_utils.barrier()
         return
     train_state = {
         "step": step_done,
         "stage": stage,
-        "optimizer": _inner_optimizer(optimizer).state_dict(),
+        "optimizer": optimizer_state,
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         "loss": core.loss_state_dict(),
         "rng": rd.rng_state(),
         "data_position": step_done * cfg.train.batch_size_per_gpu * accelerator.num_processes,
         "bad_steps": bad,
         "world_size": accelerator.num_processes,
+        "rng_per_rank": rng_per_rank,
     }
-    latest = ckpt_io.save(
-        _checkpoint(core, cfg, train_state, metrics or None), run_dir / "checkpoint.pt"
-    )
+    ckpt["train_state"] = train_state
+    latest = ckpt_io.save(ckpt, run_dir / "checkpoint.pt")
     rd.rotate_checkpoint(run_dir, latest, step_done, keep)
+    dist_utils.barrier()
