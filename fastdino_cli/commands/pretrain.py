@@ -27,11 +27,9 @@ EXAMPLES = """Examples:
 
   fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
 
-<<<<<<< HEAD
-  fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
-=======
   fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=...   # FSDP2 on 8 GPUs
->>>>>>> fsdp
+
+  fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
 """
 
 
@@ -53,8 +51,10 @@ def pretrain_command(
         int | None,
         typer.Option(
             "--gpus",
+            min=1,
             help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
-            "with FSDP2 (several machines: see README 'Scaling out').",
+            "with FSDP2 (several machines: see README 'Scaling out'); with --plan, the GPUs "
+            "the totals assume (default 1).",
         ),
     ] = None,
     overrides: OverridesArg = None,
@@ -67,10 +67,6 @@ def pretrain_command(
         typer.Option("--compare", help="With --plan: another preset, and the FLOPs ratio."),
     ] = None,
     as_json: JsonOpt = False,
-    gpus: Annotated[
-        int | None,
-        typer.Option("--gpus", min=1, help="With --plan: GPUs the totals assume (default 1)."),
-    ] = None,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
     from fastdino_cli.train.loop import pretrain
@@ -85,14 +81,12 @@ def pretrain_command(
         cfg = _overlay(base.to_dict(), items)
     else:
         cfg = resolve_config(preset, config, items)
-<<<<<<< HEAD
-    if plan or compare or as_json or gpus:
+    if plan or compare or as_json:
         _plan(cfg, plan, compare, as_json, gpus)
-=======
+        return
     if gpus is not None and gpus > 1 and not launch.already_launched():
         args = _pretrain_args(preset, config, out, resume, force_config, overrides)
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
->>>>>>> fsdp
         return
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
     if launch.rank() != 0:  # one summary line per run, not one per process
@@ -103,16 +97,16 @@ def pretrain_command(
     )
 
 
-<<<<<<< HEAD
 def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
     from fastdino_cli.train.flops import plan_run, render_plan
 
     if not plan:
-        raise ConfigError("--compare, --json and --gpus only apply with --plan")
+        raise ConfigError("--compare and --json only apply with --plan")
     other = resolve_config(compare) if compare else None
     result = plan_run(cfg, other, gpus=gpus or 1)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
-=======
+
+
 def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list[str]:
     """The same command line for the launched processes, without ``--gpus``."""
     args = ["--preset", preset] if preset else []
@@ -121,7 +115,6 @@ def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list
     args += ["--resume"] if resume else []
     args += ["--force-config"] if force_config else []
     return [*args, *(overrides or [])]
->>>>>>> fsdp
 
 
 def _overlay(data: dict, items: list[str]):
