@@ -75,7 +75,13 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
 
     def done() -> bool:
         last = _last_metrics(run_dir)
-        return (run_dir / "final.pt").is_file() and int(last.get("step", -1)) + 1 >= total
+        finished = (run_dir / "final.pt").is_file() and int(last.get("step", -1)) + 1 >= total
+        if finished:  # never reuse a run trained with another config (e.g. an older preset)
+            from fastdino_cli.train import run_dir as rd
+
+            old = rd.load_config_yaml_dict(run_dir / "config.yaml")
+            rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
+        return finished
 
     def run() -> Any:
         from fastdino_cli.errors import FastdinoError

@@ -121,6 +121,14 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys):
     assert all(t["status"] == "reused" for t in steps.values()), steps
     assert (out / "runs" / "dinov2" / "final.pt").stat().st_mtime == ckpt_mtime
 
+    # a finished run trained with another config is never silently reused
+    from fastdino_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the config differs from the run in .*dinov2"):
+        run_demo(
+            out, steps_scale=0.02, **{**kwargs, "overrides": [*TINY_MODEL, "optim.base_lr=0.1"]}
+        )
+
     # more severities requested: only corrupt-eval runs again
     more = _settings(out)
     more.severities = "2,4"
