@@ -7,30 +7,29 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.config import resolve_config
-from fastdino_cli.data.demo import build_demo_dataset
-
 
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo data and runs.")] = Path(
-        "demo_out"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the demo data, runs, logs and report.")
+    ] = Path("demo_out"),
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Corrupt-eval at all 5 severities (default 1, 3, 5)."),
+    ] = False,
+    steps_scale: Annotated[
+        float,
+        typer.Option(
+            "--steps-scale", min=0.0, help="Multiply the training length (1.0: 500 steps)."
+        ),
+    ] = 1.0,
 ) -> None:
-    """Build the demo data and show what the demo trains (the full pipeline lands with #13)."""
-    info = build_demo_dataset(out / "data")
-    state = "reused" if info.reused else "built"
-    typer.echo(
-        f"demo data {state}: {info.root} ({info.num_classes} classes, "
-        f"{info.num_train} train / {info.num_val} val)"
-    )
-    for preset in ("demo", "demo-dinov2"):
-        cfg = resolve_config(preset)
-        stages = ", ".join(
-            f"{s.name or i}: until {s.end:.0%} at {s.global_crops_size}/{s.local_crops_size} px"
-            for i, s in enumerate(cfg.curriculum.stages)
-        )
-        typer.echo(f"preset {preset}: {cfg.total_iterations} steps; {stages}")
+    """Train the FastDINOv2 curriculum and the DINOv2 baseline on the demo data, evaluate both,
+    and write one report (re-running reuses every finished step)."""
+    from fastdino_cli.demo import run_demo
+
+    path = run_demo(out, full=full, steps_scale=steps_scale)
+    typer.echo(f"report: {path}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_command)
+    app.command("demo", epilog="Example: fastdino demo --out demo_out")(demo_command)
