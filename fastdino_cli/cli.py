@@ -19,6 +19,7 @@ from fastdino_cli.commands import data as data_cmd
 from fastdino_cli.commands import demo as demo_cmd
 from fastdino_cli.commands import fourier as fourier_cmd
 from fastdino_cli.commands import gradcam as gradcam_cmd
+from fastdino_cli.commands import plot_metrics as plot_metrics_cmd
 from fastdino_cli.commands import presets as presets_cmd
 from fastdino_cli.commands import pretrain as pretrain_cmd
 from fastdino_cli.commands import probe as probe_cmd
@@ -47,6 +48,7 @@ def _root(
 
 
 pretrain_cmd.register(app)
+plot_metrics_cmd.register(app)
 probe_cmd.register(app)
 corrupt_eval_cmd.register(app)
 fourier_cmd.register(app)

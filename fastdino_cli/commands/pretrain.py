@@ -1,16 +1,97 @@
-"""`fastdino pretrain`: Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum."""
+"""`fastdino pretrain`: pretrain a ViT with DINOv2 and the FastDINOv2 curriculum."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, not_available
+from fastdino_cli.commands._common import PASS_THROUGH, ConfigFileOpt, OverridesArg, PresetOpt
+from fastdino_cli.config import load_config_yaml, resolve_config
+from fastdino_cli.errors import ConfigError
+from fastdino_cli.train import launch
+
+EXAMPLES = """Examples:
+
+  fastdino pretrain --preset demo                          # both curriculum stages, CPU
+
+  fastdino pretrain --preset vitb16-in1k data.train=/datasets/imagenet/train
+
+  fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
+
+  fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=...   # FSDP2 on 8 GPUs
+"""
 
 
-def pretrain_command(ctx: typer.Context) -> None:
-    """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum."""
-    not_available("pretrain", 4)
+def pretrain_command(
+    preset: PresetOpt = None,
+    config: ConfigFileOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (train.output_dir).")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Require an existing run in --out and continue it."),
+    ] = False,
+    force_config: Annotated[
+        bool,
+        typer.Option("--force-config", help="Resume even if the config differs from the run's."),
+    ] = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
+            "with FSDP2 (several machines: see README 'Scaling out').",
+        ),
+    ] = None,
+    overrides: OverridesArg = None,
+) -> None:
+    """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
+    from fastdino_cli.train.loop import pretrain
+
+    items = list(overrides or [])
+    if out is not None:
+        items.append(f"train.output_dir={out}")
+    if preset is None and config is None:
+        if out is None or not (out / "config.yaml").is_file():
+            raise ConfigError("pass --preset NAME (see `fastdino presets list`) or --out RUN_DIR")
+        base = load_config_yaml((out / "config.yaml").read_text())
+        cfg = _overlay(base.to_dict(), items)
+    else:
+        cfg = resolve_config(preset, config, items)
+    if gpus is not None and gpus > 1 and not launch.already_launched():
+        args = _pretrain_args(preset, config, out, resume, force_config, overrides)
+        launch.relaunch(Path(cfg.train.output_dir), gpus, args)
+        return
+    result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
+    if launch.rank() != 0:  # one summary line per run, not one per process
+        return
+    where = result.final_checkpoint or (result.run_dir / "checkpoint.pt")
+    typer.echo(
+        f"{result.stopped}: {result.steps_done}/{result.total_steps} steps; checkpoint {where}"
+    )
+
+
+def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list[str]:
+    """The same command line for the launched processes, without ``--gpus``."""
+    args = ["--preset", preset] if preset else []
+    args += ["--config", str(config)] if config else []
+    args += ["--out", str(out)] if out else []
+    args += ["--resume"] if resume else []
+    args += ["--force-config"] if force_config else []
+    return [*args, *(overrides or [])]
+
+
+def _overlay(data: dict, items: list[str]):
+    from fastdino_cli.config import apply_override, parse_override, validate_config
+
+    for item in items:
+        key, value = parse_override(item)
+        data = apply_override(data, key, value)
+    return validate_config(data)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("pretrain", context_settings=PASS_THROUGH)(pretrain_command)
+    app.command("pretrain", context_settings=PASS_THROUGH, epilog=EXAMPLES)(pretrain_command)

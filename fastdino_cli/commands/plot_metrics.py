@@ -1,0 +1,26 @@
+"""`fastdino plot-metrics`: draw a run's metrics.jsonl to PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def plot_metrics_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds metrics.jsonl).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write (default RUN_DIR/metrics.png).")
+    ] = None,
+) -> None:
+    """Plot losses, learning rate and crop size per step, with the stage switches marked."""
+    from fastdino_cli.train.figures import plot_metrics
+
+    typer.echo(f"wrote {plot_metrics(run_dir, out)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot-metrics", epilog="Example: fastdino plot-metrics runs/demo")(
+        plot_metrics_command
+    )

@@ -1,0 +1,159 @@
+"""Image folders and the bad-file policy.
+
+- Unlabelled: any folder tree of images (pretraining needs no labels).
+- Labelled: the ImageFolder layout ``ROOT/<class>/<image>`` (probes and evaluations).
+
+Files are found by extension. Decoding happens lazily in ``load_rgb``; an unreadable, truncated
+or non-image file raises ``UnreadableImage`` there so callers can skip it, count it and report it
+at the end instead of dying halfway through a run. Grayscale, palette, CMYK, 16-bit and float
+images are converted to 8-bit RGB; very large images are decoded (the decompression-bomb guard is
+lifted for our own reads) and, for JPEGs, decoded at reduced scale when ``draft_size`` allows.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fastdino_cli.data.demo import resolve_data_root
+from fastdino_cli.errors import DataError
+
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
+
+
+class UnreadableImage(Exception):
+    """A file that could not be decoded as an image."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def resolve_root(value: str | Path, split: str = "train") -> Path:
+    """A dataset folder from the config (``demo`` = the embedded demo data), checked to exist."""
+    root = resolve_data_root(str(value), split)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; set data.train=DIR to an image folder")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder; point it at a folder of images")
+    return root
+
+
+def scan_images(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (any depth, hidden folders skipped), sorted."""
+    root = Path(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in filenames if is_image_file(f) and not f.startswith(".")]
+    out.sort()
+    if not out:
+        raise DataError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found under {root}"
+        )
+    return out
+
+
+@dataclass
+class LabelledImages:
+    """An ImageFolder-layout dataset listing."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    class_names: list[str]
+
+
+def scan_labelled(root: str | Path) -> LabelledImages:
+    """``ROOT/<class>/**/<image>``: classes are the sorted sub-folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"labelled data folder {root} does not exist or is not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{root} has no class sub-folders; expected the layout {root}/<class>/<img>"
+        )
+    files, labels = [], []
+    for ci, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if is_image_file(f) and not f.startswith("."):
+                    files.append(Path(dirpath) / f)
+                    labels.append(ci)
+    if not files:
+        raise DataError(f"no image files found in the class folders of {root}")
+    return LabelledImages(root, files, labels, classes)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode (16-bit and float images are rescaled, not clipped)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode == "F" and arr.max() <= 1.0:
+            hi = 1.0
+        arr8 = (np.clip(arr / hi, 0, 1) * 255).round().astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB PIL image or raise ``UnreadableImage``.
+
+    ``draft_size``: for JPEGs, let the decoder downscale by a power of two as long as both
+    sides stay at least this large (Pillow ``draft``).
+    """
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
+                img.load()
+                return _to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{path}: {e}") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def first_readable(files: list[Path], limit: int | None = None) -> int:
+    """Index of the first file that decodes; ``DataError`` when none of them does."""
+    for i, f in enumerate(files[: limit or len(files)]):
+        try:
+            load_rgb(f)
+            return i
+        except UnreadableImage:
+            continue
+    shown = files[0].parent if files else "?"
+    raise DataError(
+        f"none of the {len(files)} image files under {shown} could be read; "
+        "check that the folder holds valid images"
+    )

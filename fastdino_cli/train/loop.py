@@ -1,0 +1,444 @@
+"""``pretrain(cfg)``: the DINOv2 / FastDINOv2 training loop.
+
+One process (CPU or one GPU) today, through Accelerate so that the multi-process FSDP2 path can
+wrap the same ``SSLMetaArch`` later (student and teacher in one module, every computation through
+its ``forward``). Per iteration ``s``::
+
+    batch(s)  <- workers build the crops of the stage of step s (the sampler carries s)
+    restart?  -> AdamW state cleared when s opens a schedule segment (curriculum restart)
+    schedules -> lr / wd per group, teacher temperature, EMA momentum
+    forward   -> loss; non-finite: skip the step, count, stop after train.max_bad_steps in a row
+    backward, per-sub-module clipping, AdamW step, EMA of the teacher
+    log / checkpoint / SIGTERM check
+
+Exact resume: ``checkpoint.pt`` holds the weights, AdamW and grad-scaler state, loss centres,
+RNG states and the step; the sample order and every augmentation are pure functions of
+(seed, step), so a resumed run computes bit for bit what the uninterrupted run would have (CPU).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fastdino_cli import checkpoint as ckpt_io
+from fastdino_cli.config import Config, config_to_yaml
+from fastdino_cli.data.folders import first_readable, resolve_root, scan_images
+from fastdino_cli.data.masking import MultiCropCollate
+from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler, seed_for
+from fastdino_cli.errors import ConfigError, FastdinoError
+from fastdino_cli.ssl.meta import SSLMetaArch
+from fastdino_cli.train import distributed as dist_utils
+from fastdino_cli.train import run_dir as rd
+from fastdino_cli.train.curriculum import is_restart_step, stage_at_step
+from fastdino_cli.train.progress import ProgressReporter
+from fastdino_cli.train.schedules import (
+    Schedules,
+    apply_schedule,
+    build_param_groups,
+    clip_grad_norms,
+)
+
+
+class TrainingDiverged(FastdinoError):
+    """Too many consecutive non-finite losses."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or interrupted) ``pretrain`` call produced."""
+
+    run_dir: Path
+    steps_done: int
+    total_steps: int
+    final_checkpoint: Path | None
+    stopped: str
+    """``finished``, ``max_steps``, ``sigterm`` or ``already-finished``."""
+    resumed_from: int | None = None
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    skipped_files: list[str] = field(default_factory=list)
+    bad_steps: int = 0
+
+
+def _build_accelerator(precision: str):
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        mixed = "no"
+    elif precision == "auto":
+        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def _unwrap(accelerator, model) -> SSLMetaArch:
+    return accelerator.unwrap_model(model)
+
+
+def _inner_optimizer(optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old = None
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.set = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _decide_start(
+    run_dir: Path, cfg: Config, resume: bool | None, force_config: bool
+) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: start at step 0), after every safety check."""
+    latest = run_dir / "checkpoint.pt"
+    holds_run = latest.exists() or (run_dir / "config.yaml").exists()
+    if resume is False and holds_run:
+        raise ConfigError(
+            f"{run_dir} already holds a run; resume it with --resume or choose another --out"
+        )
+    if not latest.exists():
+        if resume and not holds_run:
+            raise ConfigError(f"nothing to resume in {run_dir}: it holds no checkpoint.pt")
+        if (run_dir / "config.yaml").exists():
+            old = rd.load_config_yaml_dict(run_dir / "config.yaml")
+            rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
+        return None
+    ckpt = ckpt_io.load(latest)
+    if "train_state" not in ckpt:
+        raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
+    old = dist_utils.config_for_this_world(ckpt, cfg.train.batch_size_per_gpu)
+    rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
+    return ckpt
+
+
+def _checkpoint(model: SSLMetaArch, cfg: Config, train_state=None, metrics=None) -> dict:
+    # a collective when sharded: every rank calls it, only rank 0 gets the tensors
+    student, teacher = dist_utils.full_state_dicts(model)
+    return ckpt_io.make_checkpoint(
+        config=cfg.to_dict(),
+        arch=model.student["backbone"].arch_dict(),
+        teacher=teacher,
+        student=student,
+        train_state=train_state,
+        metrics=metrics,
+    )
+
+
+def pretrain(
+    cfg: Config,
+    *,
+    resume: bool | None = None,
+    force_config: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
+    """Train (or resume) the run in ``cfg.train.output_dir``; see the module docstring.
+
+    Args:
+        cfg: the resolved config.
+        resume: None resumes automatically when the output folder holds a run; True requires
+            one; False refuses to touch an existing run.
+        force_config: resume even though the config differs from the stored one.
+        progress: rich progress bar (None: only when stdout is a terminal).
+    """
+    if not cfg.data.train:
+        raise ConfigError("data.train is not set; pass data.train=DIR (or data.train=demo)")
+    run_dir = Path(cfg.train.output_dir)
+    accelerator = _build_accelerator(cfg.train.precision)
+    main = accelerator.is_main_process
+    lock = rd.RunLock(run_dir) if main else None
+    if lock:
+        lock.__enter__()
+    try:
+        return _run(cfg, run_dir, accelerator, resume, force_config, progress, main)
+    finally:
+        if lock:
+            lock.__exit__()
+
+
+def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> RunResult:
+    ckpt = _decide_start(run_dir, cfg, resume, force_config)
+    dist_utils.barrier()  # every rank decided before rank 0 writes into the run directory
+    total = cfg.total_iterations
+    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+    start = int(ckpt["train_state"]["step"]) if ckpt else 0
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.train.batch_size_per_gpu * world
+
+    files = scan_images(resolve_root(cfg.data.train))
+    first_readable(files, limit=min(len(files), 1000))
+
+    torch.manual_seed(cfg.train.seed)
+    model = SSLMetaArch(
+        model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
+    )
+    sharded = dist_utils.fsdp_enabled(cfg.distributed, world)
+    if sharded:  # before the optimizer: fully_shard replaces the parameters
+        dist_utils.apply_fsdp(
+            model, cfg.distributed, cfg.train.precision, device=accelerator.device
+        )
+    groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
+    fused = cfg.optim.fused if cfg.optim.fused is not None else accelerator.device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        groups, lr=0.0, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), fused=fused
+    )
+    torch.manual_seed(seed_for(cfg.train.seed, rank, 1))
+    if ckpt:
+        dist_utils.load_full_state(model, ckpt["student"], ckpt["teacher"])
+        ts = ckpt["train_state"]
+        dist_utils.load_optimizer_state(model, optimizer, ts["optimizer"])
+        model.load_loss_state_dict(ts["loss"])
+        per_rank = ts.get("rng_per_rank")
+        same_world = per_rank is not None and len(per_rank) == world
+        rd.set_rng_state(per_rank[rank] if same_world else ts["rng"])
+    if not sharded:
+        model.to(accelerator.device)
+        model, optimizer = accelerator.prepare(model, optimizer)
+    if ckpt and ckpt["train_state"].get("scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(ckpt["train_state"]["scaler"])
+    core = _unwrap(accelerator, model)
+    core.train()
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        rd.truncate_metrics(run_dir / "metrics.jsonl", start)
+    schedules = Schedules(
+        optim=cfg.optim,
+        teacher=cfg.teacher,
+        curriculum=cfg.curriculum,
+        epoch_length=cfg.train.epoch_length,
+        total_steps=total,
+        global_batch=global_batch,
+    )
+    result = RunResult(
+        run_dir, start, total, None, "finished", resumed_from=start if ckpt else None
+    )
+    if start >= stop:
+        result.stopped = "already-finished"
+        if not (run_dir / "final.pt").exists() and start >= total:
+            final = _checkpoint(core, cfg, metrics=ckpt.get("metrics"))
+            if main:
+                ckpt_io.save(final, run_dir / "final.pt")
+            dist_utils.barrier()
+        result.final_checkpoint = run_dir / "final.pt" if (run_dir / "final.pt").exists() else None
+        return result
+
+    loader = _build_loader(cfg, files, total, start, stop, rank, world, accelerator.device)
+    bad = int(ckpt["train_state"].get("bad_steps", 0)) if ckpt else 0
+    reporter = ProgressReporter(
+        run_dir / "metrics.jsonl" if main else None,
+        start=start,
+        stop=stop,
+        total=total,
+        log_period=cfg.train.log_period,
+        global_batch=global_batch,
+        rich=progress,
+        enabled=main,
+    )
+    seen_skipped: set[str] = set()
+    step_done = start
+    with _SigtermFlag() as sigterm, reporter:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            wait = time.perf_counter() - t0
+            step = batch.step
+            for f in batch.skipped_files:
+                if f not in seen_skipped:
+                    seen_skipped.add(f)
+                    warnings.warn(f"skipping unreadable image {f}", stacklevel=1)
+            if is_restart_step(cfg.curriculum, step, total):
+                _inner_optimizer(optimizer).state.clear()
+            values = schedules.at(step)
+            apply_schedule(optimizer, values)
+            batch = batch.to(accelerator.device)
+            with accelerator.autocast():
+                loss, metrics = model(batch, teacher_temp=values.teacher_temp)
+            finite = dist_utils.all_ranks_finite(loss)  # ranks skip a step together
+            metrics = dist_utils.mean_over_ranks(metrics)  # global-batch values on rank 0
+            norms: dict[str, float] = {}
+            if finite:
+                bad = 0
+                accelerator.backward(loss)
+                if accelerator.scaler is not None:
+                    accelerator.unscale_gradients(optimizer)
+                norms = clip_grad_norms(dict(core.student.items()), cfg.optim.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                core.update_teacher(values.momentum)
+            else:
+                bad += 1
+                optimizer.zero_grad(set_to_none=True)
+            step_done = step + 1
+            stage = stage_at_step(cfg.curriculum, step, total, cfg.crops)
+            record = {
+                "step": step,
+                "stage": stage.index,
+                "stage_name": stage.name,
+                "global_crops_size": int(batch.global_crops.shape[-1]),
+                "local_crops_size": int(batch.local_crops.shape[-1])
+                if batch.local_crops is not None
+                else None,
+                "noise_patching": stage.noise_patching.enabled,
+                "lr": values.lr,
+                "last_layer_lr": values.last_layer_lr,
+                "wd": values.weight_decay,
+                "momentum": values.momentum,
+                "teacher_temp": values.teacher_temp,
+                **{k: float(v) for k, v in metrics.items()},
+                **{f"grad_norm_{k}": v for k, v in norms.items()},
+                "finite": finite,
+            }
+            reporter.step(
+                record, wait=wait, stage_changed=step == start or _stage_starts(cfg, step, total)
+            )
+            if not finite:
+                msg = f"step {step}: non-finite loss ({float(loss.detach())}), step skipped"
+                warnings.warn(msg, stacklevel=1)
+                if bad >= cfg.train.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{bad} consecutive non-finite losses (last at step {step}); the last "
+                        f"good checkpoint is {run_dir / 'checkpoint.pt'}; lower optim.base_lr "
+                        "or check the data"
+                    )
+            periodic = step_done % cfg.train.checkpoint_period == 0
+            if world > 1:  # SIGTERM reaches ranks at different steps: stop them together
+                sigterm.set = dist_utils.any_rank(sigterm.set)
+            if sigterm.set or (finite and (periodic or step_done == stop)):
+                _save_resumable(
+                    accelerator,
+                    core,
+                    optimizer,
+                    cfg,
+                    run_dir,
+                    step_done,
+                    stage.index,
+                    bad,
+                    reporter.last,
+                    keep=cfg.train.keep_checkpoints if periodic else 0,
+                )
+            if sigterm.set:
+                result.stopped = "sigterm"
+                break
+    result.steps_done = step_done
+    result.last_metrics = reporter.last
+    result.skipped_files = sorted(seen_skipped)
+    result.bad_steps = bad
+    if result.stopped != "sigterm":
+        result.stopped = "finished" if step_done >= total else "max_steps"
+        final = run_dir / "final.pt"
+        final_ckpt = _checkpoint(core, cfg, metrics=reporter.last)
+        if main:
+            ckpt_io.save(final_ckpt, final)
+        result.final_checkpoint = final
+        dist_utils.barrier()
+    if seen_skipped and main:
+        print(
+            f"fastdino: skipped {len(seen_skipped)} unreadable image file(s) during training",
+            file=sys.stderr,
+        )
+    return result
+
+
+def _stage_starts(cfg: Config, step: int, total: int) -> bool:
+    return step > 0 and (
+        stage_at_step(cfg.curriculum, step, total).index
+        != stage_at_step(cfg.curriculum, step - 1, total).index
+    )
+
+
+def _build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLoader:
+    dataset = MultiCropDataset(
+        files,
+        cfg.crops,
+        cfg.curriculum,
+        total_steps=total,
+        seed=cfg.train.seed,
+        fast_decode=cfg.data.fast_decode,
+    )
+    sampler = StepBatchSampler(
+        len(files),
+        cfg.train.batch_size_per_gpu,
+        seed=cfg.train.seed,
+        start_step=start,
+        end_step=stop,
+        rank=rank,
+        world_size=world,
+    )
+    collate = MultiCropCollate(
+        patch_size=cfg.model.patch_size,
+        mask_probability=cfg.ibot.mask_sample_probability,
+        ratio_min_max=cfg.ibot.mask_ratio_min_max,
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world,
+    )
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+        persistent_workers=False,
+        # its own generator: creating the iterator must not consume the global RNG, or a
+        # resumed run's drop-path draws would shift by one
+        generator=torch.Generator().manual_seed(seed_for(cfg.train.seed, start, 2)),
+    )
+
+
+def _save_resumable(
+    accelerator, core, optimizer, cfg, run_dir, step_done, stage, bad, metrics, keep
+) -> None:
+    # every rank takes part in gathering the full state; only rank 0 writes
+    optimizer_state = dist_utils.full_optimizer_state(core, _inner_optimizer(optimizer))
+    rng_per_rank = dist_utils.gather_objects(rd.rng_state())
+    ckpt = _checkpoint(core, cfg, None, metrics or None)
+    if not accelerator.is_main_process:
+        dist_utils.barrier()
+        return
+    train_state = {
+        "step": step_done,
+        "stage": stage,
+        "optimizer": optimizer_state,
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        "loss": core.loss_state_dict(),
+        "rng": rd.rng_state(),
+        "data_position": step_done * cfg.train.batch_size_per_gpu * accelerator.num_processes,
+        "bad_steps": bad,
+        "world_size": accelerator.num_processes,
+        "rng_per_rank": rng_per_rank,
+    }
+    ckpt["train_state"] = train_state
+    latest = ckpt_io.save(ckpt, run_dir / "checkpoint.pt")
+    rd.rotate_checkpoint(run_dir, latest, step_done, keep)
+    dist_utils.barrier()

@@ -1,0 +1,123 @@
+"""Metrics log (``metrics.jsonl``) and progress display for the training loop.
+
+Every ``log_period`` iterations (and at the first step, the last step and each stage start) one
+JSON object is appended to ``metrics.jsonl`` with the scheduled values, each loss term, gradient
+norms, images/s and the fraction of the window spent waiting for data. On a terminal a rich
+progress bar shows ETA, loss and images/s; otherwise the same record is printed as one plain line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class ProgressReporter:
+    """Windowed throughput, the metrics file and the on-screen progress."""
+
+    def __init__(
+        self,
+        metrics_path: Path | None,
+        *,
+        start: int,
+        stop: int,
+        total: int,
+        log_period: int,
+        global_batch: int,
+        rich: bool | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.path = metrics_path
+        self.start, self.stop, self.total = start, stop, total
+        self.log_period = log_period
+        self.global_batch = global_batch
+        self.enabled = enabled
+        self.use_rich = enabled and (sys.stdout.isatty() if rich is None else rich)
+        self.last: dict[str, Any] = {}
+        self._win_t0 = time.perf_counter()
+        self._win_steps = 0
+        self._win_wait = 0.0
+        self._t_start = time.perf_counter()
+        self._bar = None
+        self._task = None
+        self._file = None
+
+    def __enter__(self) -> ProgressReporter:
+        if self.path is not None:
+            self._file = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+        if self.use_rich:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]pretrain"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=self.stop, completed=self.start, info="")
+        return self
+
+    def step(self, record: dict[str, Any], *, wait: float, stage_changed: bool = False) -> None:
+        """Account one finished iteration; log it when due."""
+        self._win_steps += 1
+        self._win_wait += wait
+        step = record["step"]
+        due = (
+            (step + 1) % self.log_period == 0
+            or step + 1 == self.stop
+            or stage_changed
+            or not record.get("finite", True)
+        )
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step + 1)
+        if not due:
+            return
+        now = time.perf_counter()
+        elapsed = max(now - self._win_t0, 1e-9)
+        record = dict(record)
+        record["images_per_s"] = self._win_steps * self.global_batch / elapsed
+        record["data_wait"] = min(1.0, self._win_wait / elapsed)
+        record["time"] = time.time()
+        self._win_t0, self._win_steps, self._win_wait = now, 0, 0.0
+        self.last = record
+        if not self.enabled:
+            return
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        info = (
+            f"stage {record['stage']} {record['global_crops_size']}px "
+            f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
+            f"{record['images_per_s']:.0f} img/s"
+        )
+        if self._bar is not None:
+            self._bar.update(self._task, info=info)
+        else:
+            done = step + 1 - self.start
+            rate = done / max(now - self._t_start, 1e-9)
+            eta = (self.stop - step - 1) / rate if rate > 0 else float("nan")
+            print(
+                f"step {step + 1}/{self.stop} {info} data-wait {record['data_wait']:.0%} "
+                f"ETA {eta:.0f}s",
+                flush=True,
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        if self._file is not None:
+            self._file.close()

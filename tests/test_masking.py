@@ -1,0 +1,67 @@
+"""Block masks, stratified ratios, token weights and the collate function."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastdino_cli.data.masking import (
+    BlockMaskGenerator,
+    CropSample,
+    MultiCropCollate,
+    stratified_masks,
+    token_weights,
+)
+
+
+def test_block_mask_reaches_target_without_exceeding_much():
+    gen = BlockMaskGenerator(14, 14)
+    rng = np.random.default_rng(0)
+    for target in (10, 40, 90):
+        m = gen(target, rng)
+        assert m.shape == (14, 14) and m.dtype == bool
+        assert target * 0.6 <= m.sum() <= target
+
+
+def test_stratified_ratios_fraction_and_shuffle():
+    rng = np.random.default_rng(1)
+    n, grid = 40, (10, 10)
+    masks = stratified_masks(n, grid, mask_probability=0.5, ratio_min_max=(0.1, 0.5), rng=rng)
+    assert masks.shape == (n, 100)
+    counts = masks.sum(1)
+    masked = counts > 0
+    assert int(masked.sum()) == 20  # int(40 * 0.5) images get a mask
+    # stratified: sorted ratios spread over [0.1, 0.5], one per stratum (block masks undershoot)
+    ratios = sorted((counts[masked].float() / 100).tolist())
+    assert ratios[-1] <= 0.5 and ratios[0] < 0.2 and ratios[-1] > 0.35
+    assert not bool(masked[:20].all())  # shuffled, not the first half
+
+
+def test_token_weights_are_one_over_masked_count_of_each_image():
+    masks = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    w = token_weights(masks)
+    assert torch.allclose(w, torch.tensor([0.5, 0.5, 0.25, 0.25, 0.25, 0.25]))
+    # per masked image the weights sum to 1
+    assert float(w.sum()) == 2.0
+
+
+def _sample(step, b_idx, g=16, l=8, n_local=3):
+    glob = [torch.full((3, g, g), float(10 * c + b_idx)) for c in range(2)]
+    loc = [torch.full((3, l, l), float(100 + 10 * c + b_idx)) for c in range(n_local)]
+    return CropSample(glob, loc, step, 0, -1.0)
+
+
+def test_collate_is_crop_major_and_masks_follow_crop_size():
+    col = MultiCropCollate(patch_size=4, mask_probability=0.5, ratio_min_max=(0.1, 0.5), seed=3)
+    batch = col([_sample(5, i) for i in range(4)])
+    assert batch.global_crops.shape == (8, 3, 16, 16)
+    assert batch.local_crops.shape == (12, 3, 8, 8)
+    # crop-major: crop 1 of images 0..3, then crop 2 of images 0..3
+    assert batch.global_crops[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 10, 11, 12, 13]
+    assert batch.local_crops[4:8, 0, 0, 0].tolist() == [110, 111, 112, 113]
+    assert batch.masks.shape == (8, 16) and batch.n_local == 3 and batch.batch_size == 4
+    # same step -> same masks; another step -> another draw
+    again = col([_sample(5, i) for i in range(4)])
+    assert torch.equal(again.masks, batch.masks)
+    bigger = col([_sample(6, i, g=32) for i in range(4)])
+    assert bigger.masks.shape == (8, 64)

@@ -1,0 +1,108 @@
+"""`fastdino pretrain` / `fastdino plot-metrics` wiring and the metrics figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastdino_cli.cli import main
+from fastdino_cli.train.loop import RunResult
+
+
+def run(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_pretrain_forwards_config_and_flags(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake(cfg, *, resume=None, force_config=False):
+        seen.update(cfg=cfg, resume=resume, force=force_config)
+        return RunResult(tmp_path, 3, 500, tmp_path / "final.pt", "max_steps")
+
+    monkeypatch.setattr("fastdino_cli.train.loop.pretrain", fake)
+    code, out, _ = run(
+        ["pretrain", "--preset", "demo", "--out", str(tmp_path), "optim.base_lr=1e-3"], capsys
+    )
+    assert code == 0 and "final.pt" in out
+    assert seen["cfg"].preset == "demo" and seen["cfg"].optim.base_lr == 1e-3
+    assert seen["cfg"].train.output_dir == str(tmp_path)
+    assert seen["resume"] is None and seen["force"] is False
+    # --resume without a preset reads the run's own config.yaml
+    from fastdino_cli.config import config_to_yaml
+
+    (tmp_path / "config.yaml").write_text(config_to_yaml(seen["cfg"]))
+    code, _, _ = run(
+        ["pretrain", "--out", str(tmp_path), "--resume", "--force-config", "train.max_steps=9"],
+        capsys,
+    )
+    assert code == 0 and seen["resume"] is True and seen["force"] is True
+    assert seen["cfg"].optim.base_lr == 1e-3 and seen["cfg"].train.max_steps == 9
+
+
+def test_pretrain_user_errors_are_one_line(tmp_path, capsys):
+    code, _, err = run(["pretrain"], capsys)
+    assert code == 2 and "--preset" in err and err.count("\n") == 1
+    code, _, err = run(
+        [
+            "pretrain",
+            "--preset",
+            "demo",
+            "data.train=" + str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_plot_metrics_writes_png_with_stage_switch(tmp_path, capsys):
+    rows = []
+    for step in range(10):
+        stage = 0 if step < 6 else 1
+        rows.append(
+            {
+                "step": step,
+                "stage": stage,
+                "loss": 5 - 0.1 * step,
+                "dino_global": 1.0,
+                "dino_local": 2.0,
+                "ibot": 1.5,
+                "koleo": -0.5,
+                "lr": 1e-3 * step,
+                "momentum": 0.99,
+                "global_crops_size": 32 if stage == 0 else 64,
+                "local_crops_size": 16 if stage == 0 else 32,
+            }
+        )
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{torn")
+    from fastdino_cli.train.figures import load_metrics, stage_switches
+
+    df = load_metrics(tmp_path)
+    assert len(df) == 10 and stage_switches(df) == [6]
+    code, out, _ = run(["plot-metrics", str(tmp_path), "--out", str(tmp_path / "m.png")], capsys)
+    assert code == 0
+    data = (tmp_path / "m.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    code, _, err = run(["plot-metrics", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-dinov2", "vitb16-in1k-dinov2-hires"])
+def test_presets_resolve_with_stages(name):
+    from fastdino_cli.config import resolve_config
+    from fastdino_cli.train.curriculum import resolve_stages
+
+    cfg = resolve_config(name)
+    stages = resolve_stages(cfg.curriculum, cfg.crops)
+    assert stages[-1].end == 1.0
+    if name == "vitb16-in1k-dinov2-hires":
+        assert stages[-1].global_crops_size == 448 and not stages[-1].restart
