@@ -30,6 +30,16 @@ STAGES = (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tiny models gain nothing from two, and a busy machine loses a lot.
+    Subprocesses get the same count (OMP_NUM_THREADS) so their numbers match bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_overrides(out, data, epochs=3, extra=()):
     return [
         "model.arch=vit_tiny",
@@ -213,7 +223,7 @@ def test_unreadable_files_are_skipped_and_counted_in_a_run(tmp_path, demo_data):
 
 
 def _spawn(cfg_path, out):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.Popen(
         [sys.executable, "-m", "fastdino_cli", "pretrain", "--config", str(cfg_path)],
         cwd=ROOT,

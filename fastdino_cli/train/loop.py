@@ -18,6 +18,7 @@ RNG states and the step; the sample order and every augmentation are pure functi
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -108,6 +109,25 @@ class _SigtermFlag:
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+@contextlib.contextmanager
+def _single_threaded(active: bool):
+    """Build batches in the main process with one intra-op thread, as workers do.
+
+    Augmenting small crops spawns thousands of tiny tensor ops; with several threads each pays
+    a thread-pool synchronisation, which is slower than the op itself (and much slower on a
+    busy machine).
+    """
+    if not active:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _decide_start(
@@ -266,7 +286,8 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
         while True:
             t0 = time.perf_counter()
             try:
-                batch = next(it)
+                with _single_threaded(cfg.data.num_workers == 0):
+                    batch = next(it)
             except StopIteration:
                 break
             wait = time.perf_counter() - t0
