@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import PASS_THROUGH, ConfigFileOpt, OverridesArg, PresetOpt
+from fastdino_cli.commands._common import (
+    PASS_THROUGH,
+    ConfigFileOpt,
+    JsonOpt,
+    OverridesArg,
+    PresetOpt,
+)
 from fastdino_cli.config import load_config_yaml, resolve_config
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.train import launch
@@ -21,6 +28,8 @@ EXAMPLES = """Examples:
   fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
 
   fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=...   # FSDP2 on 8 GPUs
+
+  fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
 """
 
 
@@ -42,11 +51,22 @@ def pretrain_command(
         int | None,
         typer.Option(
             "--gpus",
+            min=1,
             help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
-            "with FSDP2 (several machines: see README 'Scaling out').",
+            "with FSDP2 (several machines: see README 'Scaling out'); with --plan, the GPUs "
+            "the totals assume (default 1).",
         ),
     ] = None,
     overrides: OverridesArg = None,
+    plan: Annotated[
+        bool,
+        typer.Option("--plan", help="Print steps, crops and FLOPs per stage; train nothing."),
+    ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option("--compare", help="With --plan: another preset, and the FLOPs ratio."),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
     from fastdino_cli.train.loop import pretrain
@@ -61,6 +81,9 @@ def pretrain_command(
         cfg = _overlay(base.to_dict(), items)
     else:
         cfg = resolve_config(preset, config, items)
+    if plan or compare or as_json:
+        _plan(cfg, plan, compare, as_json, gpus)
+        return
     if gpus is not None and gpus > 1 and not launch.already_launched():
         args = _pretrain_args(preset, config, out, resume, force_config, overrides)
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
@@ -82,6 +105,16 @@ def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list
     args += ["--resume"] if resume else []
     args += ["--force-config"] if force_config else []
     return [*args, *(overrides or [])]
+
+
+def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
+    from fastdino_cli.train.flops import plan_run, render_plan
+
+    if not plan:
+        raise ConfigError("--compare and --json only apply with --plan")
+    other = resolve_config(compare) if compare else None
+    result = plan_run(cfg, other, gpus=gpus or 1)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
 
 
 def _overlay(data: dict, items: list[str]):

@@ -1,0 +1,301 @@
+"""Wall-clock check of the FastDINOv2 curriculum: one training step of each stage, side by side.
+
+Why: ``fastdino pretrain --plan`` predicts from FLOPs how much cheaper the low-resolution stage is;
+this script measures what the hardware actually delivers, in one process, for the same preset:
+
+- **step only** (data loading excluded): a synthetic in-memory batch of the stage's shapes
+  (random normalised crops, iBOT masks from the real collate function), timed over the full
+  training step: forward of teacher and student, losses, backward, per-module clipping, AdamW,
+  EMA update of the teacher. The step mirrors ``train/loop.py``.
+- **with the loader** (data loading included): the real ``MultiCropDataset`` +
+  ``StepBatchSampler`` + ``MultiCropCollate`` DataLoader over generated JPEG and PNG files (or
+  ``--images DIR``), timed from asking for the batch to the end of the step.
+
+It prints ONE JSON line: per stage the median seconds per step (and the loader wait), the
+step-time ratio of the last stage over the first next to the FLOPs ratio of the plan, the
+achieved GFLOP/s, and the hardware, software and date. Example::
+
+    python benchmarks/curriculum_speed.py --preset demo
+    python benchmarks/curriculum_speed.py --preset vits16-in100 train.batch_size_per_gpu=4 \\
+        --steps 3 --out benchmarks/results/curriculum_speed_cpu_vits16.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastdino_cli.config import Config, resolve_config  # noqa: E402
+from fastdino_cli.data.folders import scan_images  # noqa: E402
+from fastdino_cli.data.masking import CropSample, MultiCropCollate  # noqa: E402
+from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler  # noqa: E402
+from fastdino_cli.ssl.meta import SSLMetaArch  # noqa: E402
+from fastdino_cli.train.curriculum import resolve_stages, stage_starts  # noqa: E402
+from fastdino_cli.train.flops import plan_config  # noqa: E402
+from fastdino_cli.train.schedules import (  # noqa: E402
+    Schedules,
+    apply_schedule,
+    build_param_groups,
+    clip_grad_norms,
+)
+
+
+def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """``n`` smooth random RGB images (half JPEG quality 90, half PNG) of ``size`` (w, h)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize(size, Image.BICUBIC)
+        noise = rng.normal(0, 12, (size[1], size[0], 3))
+        arr = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        if i % 2 == 0:
+            path = folder / f"img_{i:04d}.jpg"
+            Image.fromarray(arr).save(path, quality=90)
+        else:
+            path = folder / f"img_{i:04d}.png"
+            Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+class Trainer:
+    """The model, optimizer and schedules of ``cfg``, and one training step (as the loop)."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        torch.manual_seed(cfg.train.seed)
+        self.cfg, self.device = cfg, device
+        self.model = SSLMetaArch(
+            model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
+        ).to(device)
+        self.model.train()
+        groups = build_param_groups(self.model.student, cfg.optim, self.model.n_blocks)
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=0.0, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+        )
+        self.schedules = Schedules(
+            optim=cfg.optim,
+            teacher=cfg.teacher,
+            curriculum=cfg.curriculum,
+            epoch_length=cfg.train.epoch_length,
+            total_steps=cfg.total_iterations,
+            global_batch=cfg.train.batch_size_per_gpu,
+        )
+
+    def step(self, batch) -> float:
+        values = self.schedules.at(batch.step)
+        apply_schedule(self.optimizer, values)
+        batch = batch.to(self.device)
+        loss, _ = self.model(batch, teacher_temp=values.teacher_temp)
+        loss.backward()
+        clip_grad_norms(dict(self.model.student.items()), self.cfg.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_teacher(values.momentum)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return float(loss.detach())
+
+
+def synthetic_batch(cfg: Config, step: int, global_size: int, local_size: int):
+    """A batch of the stage's shapes built in memory (no decoding, no augmentation)."""
+    g = torch.Generator().manual_seed(step)
+    samples = [
+        CropSample(
+            [torch.randn(3, global_size, global_size, generator=g) for _ in range(2)],
+            [
+                torch.randn(3, local_size, local_size, generator=g)
+                for _ in range(cfg.crops.local_crops_number)
+            ],
+            step,
+            0,
+            -1.0,
+        )
+        for _ in range(cfg.train.batch_size_per_gpu)
+    ]
+    return _collate(cfg)(samples)
+
+
+def _collate(cfg: Config) -> MultiCropCollate:
+    return MultiCropCollate(
+        patch_size=cfg.model.patch_size,
+        mask_probability=cfg.ibot.mask_sample_probability,
+        ratio_min_max=cfg.ibot.mask_ratio_min_max,
+        seed=cfg.train.seed,
+    )
+
+
+def make_loader(cfg: Config, files, start: int, n_steps: int, workers: int):
+    """The training DataLoader (as the loop builds it) for steps ``start .. start + n_steps``."""
+    dataset = MultiCropDataset(
+        files,
+        cfg.crops,
+        cfg.curriculum,
+        total_steps=cfg.total_iterations,
+        seed=cfg.train.seed,
+        fast_decode=cfg.data.fast_decode,
+    )
+    sampler = StepBatchSampler(
+        len(files),
+        cfg.train.batch_size_per_gpu,
+        seed=cfg.train.seed,
+        start_step=start,
+        end_step=start + n_steps,
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=_collate(cfg),
+        num_workers=workers,
+        prefetch_factor=cfg.data.prefetch_factor if workers else None,
+    )
+
+
+def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int, workers: int):
+    """Per stage: step times on a synthetic batch, and (load + step) times and load waits with
+    the real loader. Stages are interleaved step by step, so a change of machine load during
+    the run affects all stages alike."""
+    cfg = trainer.cfg
+    batches = [
+        synthetic_batch(cfg, start, st.global_crops_size, st.local_crops_size)
+        for st, start in zip(stages, starts, strict=True)
+    ]
+    iters = [iter(make_loader(cfg, files, start, warmup + steps, workers)) for start in starts]
+    syn = [[] for _ in stages]
+    tot = [[] for _ in stages]
+    wait = [[] for _ in stages]
+    for i in range(warmup + steps):
+        for k in range(len(stages)):
+            t0 = time.perf_counter()
+            trainer.step(batches[k])
+            t1 = time.perf_counter()
+            batch = next(iters[k])
+            t2 = time.perf_counter()
+            trainer.step(batch)
+            t3 = time.perf_counter()
+            if i >= warmup:
+                syn[k].append(t1 - t0)
+                tot[k].append(t3 - t1)
+                wait[k].append(t2 - t1)
+    return syn, tot, wait
+
+
+def hardware(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {
+        "device": device.type,
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("overrides", nargs="*", help="config key=value overrides")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per stage and mode")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    ap.add_argument("--images", type=Path, help="image folder (default: generate JPEG/PNG)")
+    ap.add_argument("--n-images", type=int, default=64)
+    ap.add_argument("--image-size", type=int, nargs=2, default=(320, 256), metavar=("W", "H"))
+    ap.add_argument("--workers", type=int, help="loader workers (default: data.num_workers)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--label", default="", help="free text stored in the JSON")
+    ap.add_argument("--out", type=Path, help="also write the JSON line to this file")
+    args = ap.parse_args(argv)
+
+    cfg = resolve_config(args.preset, overrides=args.overrides)
+    device = torch.device(args.device)
+    workers = cfg.data.num_workers if args.workers is None else args.workers
+    plan = plan_config(cfg)
+    stages = resolve_stages(cfg.curriculum, cfg.crops)
+    starts = stage_starts(cfg.curriculum, cfg.total_iterations)
+    trainer = Trainer(cfg, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.images:
+            files = scan_images(args.images)
+        else:
+            files = write_images(Path(tmp), args.n_images, tuple(args.image_size))
+        syn_all, tot_all, wait_all = time_stages(
+            trainer, stages, starts, files, args.warmup, args.steps, workers
+        )
+        rows = []
+        for k, (st, start, sp) in enumerate(zip(stages, starts, plan.stages, strict=True)):
+            syn, tot, wait = syn_all[k], tot_all[k], wait_all[k]
+            step_s = statistics.median(syn)
+            rows.append(
+                {
+                    "stage": st.name,
+                    "first_step": start,
+                    "global_crops_size": st.global_crops_size,
+                    "local_crops_size": st.local_crops_size,
+                    "gflops_per_image": round(sp.gflops_per_image, 4),
+                    "step_s_synthetic": round(step_s, 4),
+                    "step_s_with_loader": round(statistics.median(tot), 4),
+                    "loader_wait_s": round(statistics.median(wait), 4),
+                    "achieved_gflops_per_s": round(
+                        sp.gflops_per_image * cfg.train.batch_size_per_gpu / step_s, 2
+                    ),
+                }
+            )
+    first, last = rows[0], rows[-1]
+    result = {
+        "benchmark": "curriculum_speed",
+        "label": args.label,
+        "preset": args.preset,
+        "overrides": args.overrides,
+        "arch": f"{cfg.model.arch}/{cfg.model.patch_size}",
+        "batch_size": cfg.train.batch_size_per_gpu,
+        "local_crops_number": cfg.crops.local_crops_number,
+        "loader_workers": workers,
+        "images": f"{len(files)} files" + ("" if args.images else f" generated {args.image_size}"),
+        "timed_steps": args.steps,
+        "warmup_steps": args.warmup,
+        "stages": rows,
+        "flops_ratio": round(last["gflops_per_image"] / first["gflops_per_image"], 4),
+        "step_time_ratio_synthetic": round(last["step_s_synthetic"] / first["step_s_synthetic"], 4),
+        "step_time_ratio_with_loader": round(
+            last["step_s_with_loader"] / first["step_s_with_loader"], 4
+        ),
+        "hardware": hardware(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
