@@ -39,7 +39,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig
-from fastdino_cli.data.folders import UnreadableImage, load_rgb
+from fastdino_cli.data.decode import load_rgb_for_crops, spec_for_stage
+from fastdino_cli.data.folders import UnreadableImage
 from fastdino_cli.data.masking import CropSample
 from fastdino_cli.errors import DataError
 from fastdino_cli.train.curriculum import resolve_stages, stage_index_at_step
@@ -276,6 +277,7 @@ class MultiCropDataset(Dataset):
             )
             for st in resolve_stages(curriculum, crops)
         ]
+        self.decode_specs = [spec_for_stage(t, fast_decode=fast_decode) for t in self.transforms]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -284,13 +286,12 @@ class MultiCropDataset(Dataset):
         index, step = key
         stage = stage_index_at_step(self.curriculum, step, self.total_steps)
         transform = self.transforms[stage]
-        draft = 2 * transform.global_size if self.fast_decode else None
         skipped: list[str] = []
         n = len(self.files)
         for k in range(n):
             path = self.files[(index + k) % n]
             try:
-                image = load_rgb(path, draft_size=draft)
+                image = load_rgb_for_crops(path, self.decode_specs[stage])
                 break
             except UnreadableImage:
                 skipped.append(str(path))
