@@ -157,7 +157,7 @@ def apply_fsdp(
         reshard = True if name == "teacher" else dist_cfg.reshard_after_forward
         for block in part["backbone"].blocks:
             fully_shard(block, mesh=mesh, mp_policy=body, reshard_after_forward=reshard)
-            register(block, "forward_list")
+            register(block, "forward_packed")
         for key in ("dino_head", "ibot_head"):
             if key in part:
                 fully_shard(part[key], mesh=mesh, mp_policy=heads, reshard_after_forward=reshard)
