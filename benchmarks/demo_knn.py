@@ -58,7 +58,6 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--k", type=int, default=20)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     train_x, train_y = _images(resolve_data_root(args.data, "train"), args.size)
     val_x, val_y = _images(resolve_data_root(args.data, "val"), args.size)
     trained, ckpt = load_teacher_backbone(args.checkpoint)
