@@ -111,7 +111,6 @@ def test_vitb16_per_image_gflops_match_a_hand_derivation():
     assert image_cost(cfg, 112, 48).total == pytest.approx(114.45, abs=0.01)
 
 
-@pytest.mark.slow
 def test_paper_presets_tokens_ratio_and_paper_band():
     plan = plan_run(resolve_config("vitb16-in1k"), resolve_config("vitb16-in1k-dinov2"))
     low, high = plan.run.stages
