@@ -45,6 +45,7 @@ def test_blur_gray_solarize_match_torchvision(sigma):
     _close(TF.solarize(x, 128 / 255), P.solarize(a, 128 / 255))
 
 
+@pytest.mark.slow
 def test_drawn_pipeline_matches_torchvision_reference():
     """Full chains with drawn parameters, normalised, against the torchvision reference.
 
