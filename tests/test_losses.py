@@ -19,6 +19,15 @@ from fastdino_cli.ssl.losses import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _ce(t, s, temp):
     # one row, written out without any vectorisation tricks
     logp = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fastdino_cli.data.masking import (
@@ -12,6 +13,15 @@ from fastdino_cli.data.masking import (
     stratified_masks,
     token_weights,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_block_mask_reaches_target_without_exceeding_much():

@@ -20,6 +20,15 @@ from fastdino_cli.data.multicrop import (
 from fastdino_cli.errors import DataError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _image(h=40, w=48, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))

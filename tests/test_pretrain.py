@@ -242,7 +242,7 @@ def _write_cfg(path, overrides):
     return cfg
 
 
-def _wait_for(path, proc, timeout=120):
+def _wait_for(path, proc, timeout=600):
     t0 = time.time()
     while not path.exists():
         assert proc.poll() is None, proc.stdout.read()

@@ -33,6 +33,16 @@ from fastdino_cli.train.schedules import (
     layer_id,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TWO_STAGES = CurriculumConfig(
     stages=[
         StageConfig(

@@ -59,7 +59,7 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if term in df:
             ax.plot(df["step"], df[term], label=term, lw=1.8 if term == "loss" else 1.0)
     ax.set_ylabel("loss")
-    ax.legend(ncol=len(LOSS_TERMS), fontsize=8, loc="upper right")
+    ax.legend(ncol=len(LOSS_TERMS), fontsize=8, loc="lower left")
     ax = axes[1]
     ax.plot(df["step"], df["lr"], color="tab:purple", label="lr")
     ax.set_ylabel("learning rate")
@@ -85,7 +85,13 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ha="left",
             va="top",
         )
-    title = f"{run_dir.name}: {int(df['step'].iloc[-1]) + 1} steps"
+    name = run_dir.name
+    cfg_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        name = (yaml.safe_load(cfg_path.read_text()) or {}).get("preset") or name
+    title = f"{name}: {int(df['step'].iloc[-1]) + 1} steps"
     fig.suptitle(title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
