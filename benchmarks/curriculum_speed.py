@@ -12,8 +12,11 @@ this script measures what the hardware actually delivers, in one process, for th
   ``--images DIR``), timed from asking for the batch to the end of the step.
 
 It prints ONE JSON line: per stage the median seconds per step (and the loader wait), the
-step-time ratio of the last stage over the first next to the FLOPs ratio of the plan, the
-achieved GFLOP/s, and the hardware, software and date. Example::
+step-time ratio of the last stage over the first next to the FLOPs ratio of the plan (synthetic
+and end to end, with ``wall_over_flops_ratio`` and whether it is within 15% of the FLOPs ratio,
+issue #11's target), the achieved GFLOP/s, and the hardware, software and date. The step uses
+the loop's step options: autocast per ``train.precision`` on CUDA (bf16), fused AdamW on CUDA,
+``model.compile`` and ``model.activation_checkpointing``. Example::
 
     python benchmarks/curriculum_speed.py --preset demo
     python benchmarks/curriculum_speed.py --preset vits16-in100 train.batch_size_per_gpu=4 \\
@@ -52,6 +55,7 @@ from fastdino_cli.train.schedules import (  # noqa: E402
     build_param_groups,
     clip_grad_norms,
 )
+from fastdino_cli.train.step_options import apply_step_options, fused_adamw  # noqa: E402
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -84,10 +88,19 @@ class Trainer:
             model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
         ).to(device)
         self.model.train()
+        apply_step_options(  # model.compile / model.activation_checkpointing, as the loop
+            self.model,
+            compile=cfg.model.compile,
+            activation_checkpointing=cfg.model.activation_checkpointing,
+        )
         groups = build_param_groups(self.model.student, cfg.optim, self.model.n_blocks)
         self.optimizer = torch.optim.AdamW(
-            groups, lr=0.0, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+            groups,
+            lr=0.0,
+            betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2),
+            fused=fused_adamw(cfg.optim.fused, device),
         )
+        self.autocast_dtype = autocast_dtype(cfg.train.precision, device)
         self.schedules = Schedules(
             optim=cfg.optim,
             teacher=cfg.teacher,
@@ -101,7 +114,10 @@ class Trainer:
         values = self.schedules.at(batch.step)
         apply_schedule(self.optimizer, values)
         batch = batch.to(self.device)
-        loss, _ = self.model(batch, teacher_temp=values.teacher_temp)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            loss, _ = self.model(batch, teacher_temp=values.teacher_temp)
         loss.backward()
         clip_grad_norms(dict(self.model.student.items()), self.cfg.optim.clip_grad)
         self.optimizer.step()
@@ -110,6 +126,15 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return float(loss.detach())
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The loop's precision rule: autocast on CUDA only; ``auto`` is bf16 where supported."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def synthetic_batch(cfg: Config, step: int, global_size: int, local_size: int):
@@ -284,6 +309,25 @@ def main(argv: list[str] | None = None) -> dict:
         "step_time_ratio_with_loader": round(
             last["step_s_with_loader"] / first["step_s_with_loader"], 4
         ),
+        # end to end (loader included): the last stage's wall-clock per image over the first's,
+        # as a fraction of the FLOPs ratio (1.0: the curriculum saves all the time FLOPs say)
+        "wall_clock_ratio_end_to_end": round(
+            last["step_s_with_loader"] / first["step_s_with_loader"], 4
+        ),
+        "wall_over_flops_ratio": round(
+            (last["step_s_with_loader"] / first["step_s_with_loader"])
+            / (last["gflops_per_image"] / first["gflops_per_image"]),
+            4,
+        ),
+        "target_within_15pct_of_flops_ratio": bool(
+            (last["step_s_with_loader"] / first["step_s_with_loader"])
+            >= 0.85 * (last["gflops_per_image"] / first["gflops_per_image"])
+        ),
+        "precision": str(trainer.autocast_dtype).replace("torch.", "")
+        if trainer.autocast_dtype
+        else "fp32",
+        "compile": cfg.model.compile,
+        "activation_checkpointing": cfg.model.activation_checkpointing,
         "hardware": hardware(device),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -39,8 +39,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig
-from fastdino_cli.data.folders import UnreadableImage, load_rgb
+from fastdino_cli.data.decode import load_rgb_for_crops, spec_for_stage
+from fastdino_cli.data.folders import UnreadableImage
 from fastdino_cli.data.masking import CropSample
+from fastdino_cli.data.photometric import augment_crop, normalisation
 from fastdino_cli.errors import DataError
 from fastdino_cli.train.curriculum import resolve_stages, stage_index_at_step
 
@@ -188,6 +190,7 @@ class MultiCropTransform:
         self.noise = noise or NoisePatchingConfig()
         self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
         self.std = torch.tensor(cfg.std).view(3, 1, 1)
+        self.np_norm = normalisation(cfg)
 
     def _geometry(self, img: Tensor, size: int, scale, g: torch.Generator) -> Tensor:
         strategy = self.cfg.strategy
@@ -222,7 +225,7 @@ class MultiCropTransform:
         crops = []
         for kind, size in kinds:
             scale = cfg.global_crops_scale if kind != "l" else cfg.local_crops_scale
-            x = self._geometry(img, size, scale, g).float() / 255.0
+            x, params = self._geometry(img, size, scale, g), None  # uint8 until augment_crop
             if photometric:
                 if cfg.strategy == "shared":
                     params = shared
@@ -234,8 +237,7 @@ class MultiCropTransform:
                     }[kind]
                     sol_p = cfg.solarize_prob_global2 if kind == "g2" else 0.0
                     params = _draw_photometric(cfg, g, blur_p, sol_p)
-                x = _apply_photometric(x, params, cfg)
-            crops.append((x - self.mean) / self.std)
+            crops.append(augment_crop(x, params, cfg, *self.np_norm))
         return crops[:2], crops[2:], sigma
 
 
@@ -276,6 +278,7 @@ class MultiCropDataset(Dataset):
             )
             for st in resolve_stages(curriculum, crops)
         ]
+        self.decode_specs = [spec_for_stage(t, fast_decode=fast_decode) for t in self.transforms]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -284,13 +287,12 @@ class MultiCropDataset(Dataset):
         index, step = key
         stage = stage_index_at_step(self.curriculum, step, self.total_steps)
         transform = self.transforms[stage]
-        draft = 2 * transform.global_size if self.fast_decode else None
         skipped: list[str] = []
         n = len(self.files)
         for k in range(n):
             path = self.files[(index + k) % n]
             try:
-                image = load_rgb(path, draft_size=draft)
+                image = load_rgb_for_crops(path, self.decode_specs[stage])
                 break
             except UnreadableImage:
                 skipped.append(str(path))

@@ -49,6 +49,7 @@ from fastdino_cli.train.schedules import (
     build_param_groups,
     clip_grad_norms,
 )
+from fastdino_cli.train.step_options import apply_step_options, fused_adamw
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _ACCESS_ERRNOS = (errno.EACCES, errno.EPERM)
@@ -245,13 +246,18 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     model = SSLMetaArch(
         model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
     )
+    apply_step_options(  # activation checkpointing, then compile, then FSDP
+        model,
+        compile=cfg.model.compile,
+        activation_checkpointing=cfg.model.activation_checkpointing,
+    )
     sharded = dist_utils.fsdp_enabled(cfg.distributed, world)
     if sharded:  # before the optimizer: fully_shard replaces the parameters
         dist_utils.apply_fsdp(
             model, cfg.distributed, cfg.train.precision, device=accelerator.device
         )
     groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
-    fused = cfg.optim.fused if cfg.optim.fused is not None else accelerator.device.type == "cuda"
+    fused = fused_adamw(cfg.optim.fused, accelerator.device)
     optimizer = torch.optim.AdamW(
         groups, lr=0.0, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), fused=fused
     )
@@ -364,7 +370,7 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                 "wd": values.weight_decay,
                 "momentum": values.momentum,
                 "teacher_temp": values.teacher_temp,
-                **{k: float(v) for k, v in metrics.items()},
+                **metrics,  # device tensors: the reporter fetches them when it logs
                 **{f"grad_norm_{k}": v for k, v in norms.items()},
                 "finite": finite,
             }

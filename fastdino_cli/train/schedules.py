@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastdino_cli.config import CurriculumConfig, OptimConfig, TeacherConfig
 from fastdino_cli.train.curriculum import segment_at_step
@@ -171,8 +171,9 @@ def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> 
         g["weight_decay"] = values.weight_decay * g.get("wd_mult", 1.0)
 
 
-def clip_grad_norms(modules: dict[str, nn.Module], max_norm: float | None) -> dict[str, float]:
-    """Clip each sub-module's gradients separately; returns each pre-clip total norm."""
+def clip_grad_norms(modules: dict[str, nn.Module], max_norm: float | None) -> dict[str, Tensor]:
+    """Clip each sub-module's gradients separately; returns each pre-clip total norm (0-d tensors
+    on the gradients' device: reading them is a host-device sync, left to the logger)."""
     out = {}
     for name, mod in modules.items():
         params = [p for p in mod.parameters() if p.grad is not None]
@@ -182,5 +183,5 @@ def clip_grad_norms(modules: dict[str, nn.Module], max_norm: float | None) -> di
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        out[name] = float(norm)
+        out[name] = norm.detach()
     return out

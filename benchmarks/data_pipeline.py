@@ -1,0 +1,189 @@
+"""Images/s of ONE data-loader worker for the curriculum stages: baseline vs fast pipeline.
+
+Generates ~500x375 JPEGs (ImageNet's typical size) from scikit-image photographs (random 4:3
+crops, flips, quality 90), then builds full multi-crop samples with ``MultiCropDataset`` exactly
+as a loader worker does (one intra-op thread), for stage 1 of the preset (112/48 for the
+FastDINOv2 presets) and its last stage (224/96 with noise patching), in three configurations:
+
+    baseline  full-scale decode, torchvision tensor photometric ops (the pipeline before #11)
+    exact     full-scale decode (``data.fast_decode=false``), OpenCV photometric ops
+    fast      reduced-scale JPEG decode (``data/decode.py``), OpenCV photometric ops
+
+All configurations run interleaved, round after round, so a busy machine slows them alike; the
+median round is reported, in images per CPU-second of the worker thread (robust to other load)
+and per wall-clock second. Prints one JSON line.
+
+    python benchmarks/data_pipeline.py [--preset vits16-in100] [--images 48] [--rounds 5]
+        [--out benchmarks/results/data_pipeline_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image, features
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastdino_cli.config import resolve_config  # noqa: E402
+from fastdino_cli.data import multicrop  # noqa: E402
+from fastdino_cli.data.decode import reduction  # noqa: E402
+from fastdino_cli.data.multicrop import MultiCropDataset  # noqa: E402
+from fastdino_cli.data.photometric import augment_crop  # noqa: E402
+
+
+def torchvision_augment(crop, params, cfg, mean, std):
+    """The pre-#11 path: float tensor in [0, 1], torchvision photometric ops, normalise."""
+    x = crop.float() / 255.0
+    if params is not None:
+        x = multicrop._apply_photometric(x, params, cfg)
+    return (x - torch.from_numpy(mean).view(3, 1, 1)) / torch.from_numpy(std).view(3, 1, 1)
+
+
+CONFIGS = {  # name -> (fast_decode, augment function)
+    "baseline": (False, torchvision_augment),
+    "exact": (False, augment_crop),
+    "fast": (True, augment_crop),
+}
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def make_jpegs(root: Path, n: int, size=(500, 375), quality: int = 90, seed: int = 0) -> list:
+    """``n`` distinct ``size`` JPEGs: random 4:3 crops (>= half the side) of the photographs."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(getattr(skimage.data, p)()).convert("RGB") for p in PHOTOS]
+    out = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        w = int(rng.uniform(0.5, 1.0) * min(img.width, img.height * 4 / 3))
+        h = int(w * 3 / 4)
+        x, y = int(rng.integers(0, img.width - w + 1)), int(rng.integers(0, img.height - h + 1))
+        crop = img.crop((x, y, x + w, y + h)).resize(size, Image.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        path = root / f"img_{i:04d}.jpg"
+        crop.save(path, quality=quality)
+        out.append(path)
+    return out
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="vits16-in100")
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(1)  # what one loader worker gets
+    cfg = resolve_config(args.preset, None, [])
+    total = 1000
+    last_step = total - 1
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_jpegs(Path(tmp), args.images)
+        datasets = {
+            name: MultiCropDataset(
+                files, cfg.crops, cfg.curriculum, total_steps=total, seed=0, fast_decode=fast
+            )
+            for name, (fast, _) in CONFIGS.items()
+        }
+        stages = {"stage1": 0, "stage2": last_step}
+        cpu = {(s, c): [] for s in stages for c in CONFIGS}
+        wall = {(s, c): [] for s in stages for c in CONFIGS}
+        for r in range(args.rounds + 1):  # round 0 warms up (page cache, allocator, imports)
+            for stage, step in stages.items():
+                for name, ds in datasets.items():
+                    multicrop.augment_crop = CONFIGS[name][1]
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    for i in range(len(files)):
+                        ds[(i, step)]
+                    c1, t1 = time.thread_time(), time.perf_counter()
+                    if r > 0:
+                        cpu[(stage, name)].append(len(files) / (c1 - c0))
+                        wall[(stage, name)].append(len(files) / (t1 - t0))
+        multicrop.augment_crop = augment_crop
+        sizes = {}
+        for stage in stages:
+            k = 0 if stage == "stage1" else -1
+            st, spec = datasets["fast"].transforms[k], datasets["fast"].decode_specs[k]
+            sizes[stage] = {
+                "global_crops_size": st.global_size,
+                "local_crops_size": st.local_size,
+                "local_crops_number": cfg.crops.local_crops_number,
+                "noise_patching": st.noise.enabled,
+                "jpeg_reduction_500x375": reduction(375, 500, spec),
+            }
+    result = {
+        "benchmark": "data_pipeline",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "preset": args.preset,
+        "images": args.images,
+        "image_size": [500, 375],
+        "jpeg_quality": 90,
+        "rounds": args.rounds,
+        "threads_per_worker": 1,
+        "stages": {},
+    }
+    for stage in stages:
+        row = dict(sizes[stage])
+        for name in CONFIGS:
+            row[f"{name}_images_per_cpu_s"] = round(statistics.median(cpu[(stage, name)]), 2)
+            row[f"{name}_images_per_wall_s"] = round(statistics.median(wall[(stage, name)]), 2)
+        base, exact = row["baseline_images_per_cpu_s"], row["exact_images_per_cpu_s"]
+        row["speedup_fast_vs_baseline"] = round(row["fast_images_per_cpu_s"] / base, 3)
+        row["speedup_fast_vs_exact_decode"] = round(row["fast_images_per_cpu_s"] / exact, 3)
+        row["speedup_exact_vs_baseline"] = round(exact / base, 3)
+        row["speedup_fast_vs_baseline_wall"] = round(
+            row["fast_images_per_wall_s"] / row["baseline_images_per_wall_s"], 3
+        )
+        result["stages"][stage] = row
+    result["target_stage1_2x_vs_baseline_met"] = (
+        result["stages"]["stage1"]["speedup_fast_vs_baseline"] >= 2.0
+    )
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
