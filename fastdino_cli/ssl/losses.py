@@ -100,8 +100,8 @@ class SoftmaxCenter(nn.Module):
             self.center.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
 
 
-class DinoClsLoss(nn.Module):
-    """DINO cls-token cross-entropy over all cross-view pairs, with its own centering."""
+class _CenteredCrossEntropy(nn.Module):
+    """Shared by the DINO and iBOT losses: student temperature and teacher centering state."""
 
     def __init__(
         self,
@@ -119,11 +119,19 @@ class DinoClsLoss(nn.Module):
         self.center = SoftmaxCenter((1, out_dim), center_momentum)
 
     @torch.no_grad()
+    def _centered(self, teacher_logits: Tensor, teacher_temp: float, n: Tensor | None) -> Tensor:
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_logits, teacher_temp, self.sinkhorn_iterations, n)
+        return self.center.targets(teacher_logits, teacher_temp)
+
+
+class DinoClsLoss(_CenteredCrossEntropy):
+    """DINO cls-token cross-entropy over all cross-view pairs, with its own centering."""
+
+    @torch.no_grad()
     def teacher_targets(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         """Centred teacher probabilities, same shape as ``teacher_logits`` (N, K)."""
-        if self.centering == "sinkhorn_knopp":
-            return sinkhorn_knopp(teacher_logits, teacher_temp, self.sinkhorn_iterations)
-        return self.center.targets(teacher_logits, teacher_temp)
+        return self._centered(teacher_logits, teacher_temp, None)
 
     def forward(
         self, student_global: Tensor, student_local: Tensor | None, teacher_probs: Tensor
@@ -149,31 +157,16 @@ class DinoClsLoss(nn.Module):
         return g / denom, loc / denom
 
 
-class IbotPatchLoss(nn.Module):
+class IbotPatchLoss(_CenteredCrossEntropy):
     """iBOT cross-entropy on masked patch tokens, weighted per image, its own centering."""
-
-    def __init__(
-        self,
-        out_dim: int,
-        *,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        centering: str = "softmax",
-        sinkhorn_iterations: int = 3,
-    ) -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.centering = centering
-        self.sinkhorn_iterations = sinkhorn_iterations
-        self.center = SoftmaxCenter((1, out_dim), center_momentum)
 
     @torch.no_grad()
     def teacher_targets(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         """Centred targets for the (M, K) masked-token logits of this process."""
+        n = None
         if self.centering == "sinkhorn_knopp":
             n = _all_reduce(teacher_logits.new_tensor([float(teacher_logits.shape[0])]))
-            return sinkhorn_knopp(teacher_logits, teacher_temp, self.sinkhorn_iterations, n)
-        return self.center.targets(teacher_logits, teacher_temp)
+        return self._centered(teacher_logits, teacher_temp, n)
 
     def forward(
         self, student_logits: Tensor, teacher_probs: Tensor, token_weights: Tensor, n_images: int
