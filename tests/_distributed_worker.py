@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from fastdino_cli.config import resolve_config
 from fastdino_cli.ssl.meta import SSLMetaArch
+from fastdino_cli.train.distributed import shutdown
 from fastdino_cli.train.loop import pretrain
 
 
@@ -42,6 +43,7 @@ def main(path: str) -> None:
             pretrain(cfg, force_config=job.get("force_config", False), progress=False)
         finally:
             SSLMetaArch.forward = real
+    shutdown()
 
 
 def _nan_forward(real, rank: int, step: int):

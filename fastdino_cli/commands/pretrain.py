@@ -18,6 +18,7 @@ from fastdino_cli.commands._common import (
 from fastdino_cli.config import load_config_yaml, resolve_config
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.train import launch
+from fastdino_cli.train.distributed import shutdown
 
 EXAMPLES = """Examples:
 
@@ -89,6 +90,7 @@ def pretrain_command(
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
         return
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
+    shutdown()
     if launch.rank() != 0:  # one summary line per run, not one per process
         return
     where = result.final_checkpoint or (result.run_dir / "checkpoint.pt")

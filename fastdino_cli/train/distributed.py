@@ -364,3 +364,14 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def shutdown() -> None:
+    """Tear the process group down once every rank is done.
+
+    Left to interpreter exit, gloo's threads can abort the process ("terminate called without an
+    active exception", exit code -6) after a run that finished cleanly.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
