@@ -24,10 +24,8 @@ Every import is strict: a key that maps nowhere, a missing key or a wrong shape 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,6 +43,7 @@ from fastdino_cli.checkpoint import (
 )
 from fastdino_cli.config import Config, ModelConfig
 from fastdino_cli.errors import CheckpointError
+from fastdino_cli.fileio import atomic_write
 from fastdino_cli.model.vit import ARCHS, build_vit, interpolate_pos_embed
 
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
@@ -282,14 +281,14 @@ def timm_model_name(arch: Mapping[str, Any]) -> str:
 
 
 def _write_pth(tensors: dict[str, Tensor], out: Path, meta: dict[str, str]) -> None:
-    _atomic(out, lambda f: torch.save(tensors, f))
+    atomic_write(out, lambda f: torch.save(tensors, f))
 
 
 def _write_safetensors(tensors: dict[str, Tensor], out: Path, meta: dict[str, str]) -> None:
     from safetensors.torch import save
 
     data = save(tensors, metadata=meta)
-    _atomic(out, lambda f: f.write(data))
+    atomic_write(out, lambda f: f.write(data))
 
 
 EXPORTERS: dict[str, tuple[Callable[..., dict[str, Tensor]], Callable[..., None], str]] = {
@@ -334,21 +333,3 @@ def _check_out(out: str | Path, force: bool, suffixes: tuple[str, ...]) -> Path:
     if out.exists() and not force:
         raise CheckpointError(f"{out} already exists; pass --force to overwrite it")
     return out
-
-
-def _atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    """Temp file in the same folder, fsync, rename: a crash leaves no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

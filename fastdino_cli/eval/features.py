@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from torchvision.transforms import v2 as T
 
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.labelled import LabelledFolder
+from fastdino_cli.fileio import atomic_write
 
 CACHE_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -275,19 +275,13 @@ def _read_cache(path: Path, class_names: Sequence[str]) -> Features | None:
 def _write_cache(path: Path, feats: Features) -> None:
     """Atomic write; a cache that cannot be written only costs time next run."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".feat.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(
-                {
-                    "cls": feats.cls,
-                    "patch_mean": feats.patch_mean,
-                    "labels": feats.labels,
-                    "class_names": feats.class_names,
-                },
-                f,
-            )
-        os.replace(tmp, path)
+        payload = {
+            "cls": feats.cls,
+            "patch_mean": feats.patch_mean,
+            "labels": feats.labels,
+            "class_names": feats.class_names,
+        }
+        atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as e:
         print(f"fastdino: warning: feature cache not written ({e})", file=sys.stderr)
 

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ import torch
 from torch import Tensor
 
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.fileio import atomic_write
 
 PAPER_EPS = 15.7
 PAPER_SIZE = 224
@@ -192,19 +191,10 @@ def images_digest(images: Tensor, labels: Tensor) -> str:
 def _save_state(path: Path, key: str, wrong: np.ndarray, done: np.ndarray, clean: int) -> None:
     """Write the partial counts atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), wrong=wrong, done=done, clean=np.array(clean))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(
+        path,
+        lambda f: np.savez(f, key=np.array(key), wrong=wrong, done=done, clean=np.array(clean)),
+    )
 
 
 def _load_state(path: Path, key: str, n_freqs: int):

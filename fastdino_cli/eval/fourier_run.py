@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from fastdino_cli.eval.fourier import (
     half_plane_frequencies,
 )
 from fastdino_cli.eval.fourier_figures import plot_heatmap, plot_radial, plot_side_by_side
+from fastdino_cli.fileio import atomic_write
 
 EPS_CONVENTION = (
     "L2 norm per channel of the perturbation in [0,1] pixel space; default 15.7*size/224 "
@@ -163,18 +163,11 @@ def _probe_identity(clf: Any) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), text=True)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def run_fourier_heatmaps(
