@@ -20,7 +20,3 @@ class CheckpointError(FastdinoError):
 
 class DataError(FastdinoError):
     """A dataset path or image file that cannot be used."""
-
-
-class NotAvailableError(FastdinoError):
-    """A registered subcommand whose implementation has not landed yet."""

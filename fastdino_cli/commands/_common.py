@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.errors import NotAvailableError
-
 OVERRIDES_HELP = "Config overrides as dotted key=value pairs, e.g. optim.base_lr=1e-3."
 
 PresetOpt = Annotated[
@@ -24,10 +22,3 @@ CheckpointsArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def not_available(command: str, issue: int) -> None:
-    """What a registered but not yet built subcommand does: one line, exit code 2."""
-    raise NotAvailableError(
-        f"`fastdino {command}` is not available yet (tracked in issue #{issue})"
-    )
