@@ -117,8 +117,9 @@ def test_forward_backward_gives_student_gradients_only(method):
 def test_no_local_crops_and_no_masks():
     m = _meta().train()
     b = _batch(n_local=0)
-    b.local_crops = None
-    b.masks = torch.zeros_like(b.masks)
+    # a batch without any masked patch (its mask positions are derived at construction)
+    b = MultiCropBatch(b.global_crops, None, torch.zeros_like(b.masks), 0, 0, b.noise_sigmas)
+    assert b.n_masked == 0 and b.mask_weights.shape == (0,)
     loss, metrics = m(b, teacher_temp=0.04)
     assert (
         torch.isfinite(loss)

@@ -10,6 +10,11 @@ the curriculum stage by itself.
 
 All randomness comes from an explicit ``numpy.random.Generator`` so that a batch is a pure
 function of (seed, step), in any data-loader worker.
+
+The collate function also turns the bool masks into what the training step indexes with: the
+(image, token) position of every masked patch and its iBOT weight. Done here, on the CPU of a
+loader worker, because on a GPU ``patches[masks]`` must first count the True entries
+(``nonzero``) and copy that count to the host: a synchronisation that stalls the step.
 """
 
 from __future__ import annotations
@@ -102,6 +107,11 @@ def token_weights(masks: Tensor) -> Tensor:
     return (1.0 / per_image).expand_as(masks)[masks]
 
 
+def mask_positions(masks: Tensor) -> Tensor:
+    """(2, M) int64: image and token index of each masked patch, in ``masks[masks]`` order."""
+    return masks.nonzero().t().contiguous()
+
+
 @dataclass
 class MultiCropBatch:
     """One training batch: crops stacked crop-major, iBOT masks and what the workers applied."""
@@ -120,6 +130,23 @@ class MultiCropBatch:
     """(B,) noise std applied to each image (0 where none); -1 where noise patching is off."""
     skipped_files: list[str] = field(default_factory=list)
     """Unreadable files replaced by another image while building this batch."""
+    mask_index: Tensor | None = None
+    """(2, M) image and token index of each masked patch (``mask_positions``); derived from
+    ``masks`` at construction when not given."""
+    mask_weights: Tensor | None = None
+    """(M,) iBOT weight of each masked patch (``token_weights``); derived likewise."""
+
+    def __post_init__(self) -> None:
+        # derived where the batch is built (a loader worker's CPU), never on the device
+        if self.mask_index is None:
+            self.mask_index = mask_positions(self.masks)
+        if self.mask_weights is None:
+            self.mask_weights = token_weights(self.masks)
+
+    @property
+    def n_masked(self) -> int:
+        """Masked patches in the batch (M), known on the host."""
+        return int(self.mask_index.shape[1])
 
     @property
     def batch_size(self) -> int:
@@ -134,20 +161,26 @@ class MultiCropBatch:
         if self.local_crops is not None:
             self.local_crops = self.local_crops.pin_memory()
         self.masks = self.masks.pin_memory()
+        self.mask_index = self.mask_index.pin_memory()
+        self.mask_weights = self.mask_weights.pin_memory()
         return self
 
     def to(self, device: torch.device | str) -> MultiCropBatch:
-        nb = torch.device(device).type == "cuda"
+        nb = torch.device(device).type == "cuda"  # asynchronous from pinned memory
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=nb)
+
         return MultiCropBatch(
-            global_crops=self.global_crops.to(device, non_blocking=nb),
-            local_crops=None
-            if self.local_crops is None
-            else self.local_crops.to(device, non_blocking=nb),
-            masks=self.masks.to(device, non_blocking=nb),
+            global_crops=move(self.global_crops),
+            local_crops=None if self.local_crops is None else move(self.local_crops),
+            masks=move(self.masks),
             step=self.step,
             stage=self.stage,
             noise_sigmas=self.noise_sigmas,
             skipped_files=self.skipped_files,
+            mask_index=move(self.mask_index),
+            mask_weights=move(self.mask_weights),
         )
 
 

@@ -137,10 +137,18 @@ def _varlen(qkv_T3D: Tensor, shapes: GroupShapes, num_heads: int) -> Tensor:
         return _grouped_sdpa(qkv_T3D, shapes, num_heads)
     t = qkv_T3D.shape[0]
     q, k, v = qkv_T3D.view(t, 3, num_heads, -1).unbind(1)  # (T,H,d)
-    lens = torch.tensor([0, *_seqlens(shapes)], device=qkv_T3D.device, dtype=torch.int32)
-    cu = lens.cumsum(0, dtype=torch.int32)
+    cu = cumulative_seqlens(shapes, qkv_T3D.device)
     longest = max(n for _, n in shapes)
     return varlen_attn(q, k, v, cu, cu, longest, longest).reshape(t, -1)
+
+
+def cumulative_seqlens(shapes: GroupShapes, device: torch.device) -> Tensor:
+    """(images + 1,) int32 offsets of each image's first token, built on ``device`` from the
+    shapes alone: ``torch.tensor(list, device=cuda)`` would be a blocking host-to-device copy
+    in every block of every step."""
+    lens = [torch.full((b,), n, dtype=torch.int32, device=device) for b, n in shapes if b > 0]
+    zero = torch.zeros(1, dtype=torch.int32, device=device)
+    return torch.cat([zero, *lens]).cumsum(0, dtype=torch.int32)
 
 
 # --------------------------------------------------------------------------------------------

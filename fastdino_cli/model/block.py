@@ -171,8 +171,12 @@ def residual(
         keep.bernoulli_(1.0 - rate).div_(1.0 - rate)
         if x.dim() == 3:
             return x + branch(x, shapes) * keep[:, None, None]
-        per_token = torch.tensor([n for b, n in shapes for _ in range(b)], device=x.device)
-        return x + branch(x, shapes) * keep.repeat_interleave(per_token)[:, None]
+        # per image -> per token by broadcasting (no repeat tensor copied to the device)
+        parts = keep.split([b for b, _ in shapes])
+        per_token = torch.cat(
+            [k[:, None].expand(-1, n).reshape(-1) for k, (_, n) in zip(parts, shapes, strict=True)]
+        )
+        return x + branch(x, shapes) * per_token[:, None]
     kept = [torch.randperm(b, device=x.device)[: max(int(b * (1.0 - rate)), 1)] for b, _ in shapes]
     sub_shapes = tuple((len(k), n) for k, (_, n) in zip(kept, shapes, strict=True))
     if x.dim() == 3:  # one group in image layout

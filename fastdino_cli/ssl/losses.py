@@ -58,11 +58,12 @@ def sinkhorn_knopp(
         dist.all_reduce(shift, op=dist.ReduceOp.MAX)
     q = torch.exp(scaled - shift).t()  # (K, B)
     k = q.shape[0]
+    b: float | Tensor
     if n_samples is None:
         world = dist.get_world_size() if _dist_on() else 1
         b = float(q.shape[1] * world)
-    else:
-        b = float(n_samples)
+    else:  # a device tensor (an all-reduced count): used as it is, never read on the host
+        b = n_samples.to(q.dtype)
     total = _all_reduce(q.sum().reshape(1))
     q = q / total
     for _ in range(n_iterations):
@@ -91,13 +92,17 @@ class SoftmaxCenter(nn.Module):
 
     @torch.no_grad()
     def update(self, teacher_logits: Tensor) -> None:
+        """``c <- m c + (1 - m) mean(t)`` over the global batch; kept as it is when the batch
+        holds no rows (no masked patch anywhere) or a non-finite logit (a skipped step must not
+        poison the centre of every later step). Decided on the device: no host sync."""
         flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-        stats = torch.cat([flat.sum(dim=0), flat.new_tensor([flat.shape[0]])])
+        stats = torch.cat([flat.sum(dim=0), flat.new_full((1,), float(flat.shape[0]))])
         stats = _all_reduce(stats)
-        count = stats[-1].clamp(min=1.0)
-        batch_mean = (stats[:-1] / count).reshape(self.center.shape)
-        if stats[-1] > 0:
-            self.center.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
+        count = stats[-1]
+        batch_mean = (stats[:-1] / count.clamp(min=1.0)).reshape(self.center.shape)
+        usable = (count > 0) & torch.isfinite(stats).all()
+        moved = self.center * self.momentum + batch_mean * (1 - self.momentum)
+        self.center.copy_(torch.where(usable, moved, self.center))
 
 
 class _CenteredCrossEntropy(nn.Module):
@@ -165,7 +170,7 @@ class IbotPatchLoss(_CenteredCrossEntropy):
         """Centred targets for the (M, K) masked-token logits of this process."""
         n = None
         if self.centering == "sinkhorn_knopp":
-            n = _all_reduce(teacher_logits.new_tensor([float(teacher_logits.shape[0])]))
+            n = _all_reduce(teacher_logits.new_full((1,), float(teacher_logits.shape[0])))
         return self._centered(teacher_logits, teacher_temp, n)
 
     def forward(

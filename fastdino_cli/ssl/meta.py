@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fastdino_cli.config import CenteringConfig, DinoConfig, IbotConfig, ModelConfig
-from fastdino_cli.data.masking import MultiCropBatch, token_weights
+from fastdino_cli.data.masking import MultiCropBatch
 from fastdino_cli.model.heads import build_head
 from fastdino_cli.model.vit import build_vit
 from fastdino_cli.ssl.losses import DinoClsLoss, IbotPatchLoss, koleo_loss
@@ -49,6 +49,13 @@ class StudentOutput:
     patch_logits: Tensor
     global_cls: Tensor
     """(2B, D) backbone CLS features of the masked global crops (KoLeo input)."""
+
+
+def _masked_patches(patches: Tensor, batch: MultiCropBatch) -> Tensor:
+    """(M, D) tokens at the batch's masked positions, by integer gather: ``patches[masks]``
+    would count the masked entries on the device and wait for that count (a host sync)."""
+    image, token = batch.mask_index
+    return patches[image, token]
 
 
 class SSLMetaArch(nn.Module):
@@ -114,6 +121,14 @@ class SSLMetaArch(nn.Module):
         self.dino_loss.center.center.copy_(state["dino_center"])
         self.ibot_loss.center.center.copy_(state["ibot_center"])
 
+    @torch.no_grad()
+    def revert_loss_state(self, state: dict[str, Tensor], where: Tensor) -> None:
+        """Put back the centres of ``state`` (from ``loss_state_dict``) where the 0-d bool
+        ``where`` is True: a skipped step leaves no trace, decided on the device."""
+        for name, loss in (("dino_center", self.dino_loss), ("ibot_center", self.ibot_loss)):
+            c = loss.center.center
+            c.copy_(torch.where(where, state[name].to(c.device), c))
+
     # ---- phases --------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -121,7 +136,7 @@ class SSLMetaArch(nn.Module):
         out = self.teacher["backbone"].forward_features(batch.global_crops)
         cls_logits = self.teacher["dino_head"](out.cls)
         cls_targets = self.dino_loss.teacher_targets(cls_logits, teacher_temp)
-        masked = out.patches[batch.masks]
+        masked = _masked_patches(out.patches, batch)
         patch_logits = self._ibot_head(self.teacher)(masked)
         patch_targets = self.ibot_loss.teacher_targets(patch_logits, teacher_temp)
         p = cls_targets.float().clamp_min(1e-12)
@@ -139,7 +154,7 @@ class SSLMetaArch(nn.Module):
         cls_in = g_cls if len(outs) == 1 else torch.cat([g_cls, outs[1].cls])
         logits = self.student["dino_head"](cls_in)
         n_g = g_cls.shape[0]
-        patch_logits = self._ibot_head(self.student)(outs[0].patches[batch.masks])
+        patch_logits = self._ibot_head(self.student)(_masked_patches(outs[0].patches, batch))
         return StudentOutput(
             global_logits=logits[:n_g],
             local_logits=logits[n_g:] if len(outs) > 1 else None,
@@ -148,15 +163,13 @@ class SSLMetaArch(nn.Module):
         )
 
     def compute_losses(
-        self, *, teacher: TeacherOutput, student: StudentOutput, masks: Tensor
+        self, *, teacher: TeacherOutput, student: StudentOutput, mask_weights: Tensor, n_images: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         dino_global, dino_local = self.dino_loss(
             student.global_logits, student.local_logits, teacher.cls_targets
         )
         koleo = sum(koleo_loss(c) for c in student.global_cls.chunk(2))
-        ibot = self.ibot_loss(
-            student.patch_logits, teacher.patch_targets, token_weights(masks), masks.shape[0]
-        )
+        ibot = self.ibot_loss(student.patch_logits, teacher.patch_targets, mask_weights, n_images)
         loss = (
             self.dino_cfg.loss_weight * (dino_global + dino_local)
             + self.dino_cfg.koleo_loss_weight * koleo
@@ -178,12 +191,27 @@ class SSLMetaArch(nn.Module):
         """One training forward: (total loss, detached metrics)."""
         t = self.teacher_forward(batch, teacher_temp=teacher_temp)
         s = self.student_forward(batch)
-        return self.compute_losses(teacher=t, student=s, masks=batch.masks)
+        return self.compute_losses(
+            teacher=t,
+            student=s,
+            mask_weights=batch.mask_weights,
+            n_images=batch.global_crops.shape[0],
+        )
 
     @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA ``t <- m t + (1 - m) s`` over matching parameters."""
+    def update_teacher(self, momentum: float, *, apply: Tensor | None = None) -> None:
+        """EMA ``t <- m t + (1 - m) s`` over matching parameters.
+
+        ``apply``: a 0-d bool tensor on the device; where it is False the teacher stays exactly
+        as it is (``s`` weighted 0), decided on the device, so the caller never reads it on the
+        host. None applies the update.
+        """
         t_params = list(self.teacher.parameters())
         s_params = list(self.student.parameters())
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+        if apply is None:
+            torch._foreach_mul_(t_params, momentum)
+            torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+            return
+        w = apply.to(torch.float32) * (1.0 - momentum)  # 0 on a skipped step
+        torch._foreach_mul_(t_params, 1.0 - w)
+        torch._foreach_add_(t_params, torch._foreach_mul(s_params, w))
