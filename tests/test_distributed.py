@@ -3,9 +3,9 @@
 One ``torchrun --nproc_per_node 2`` launch (``tests/_distributed_worker.py``) trains a tiny ViT
 (dim 32, depth 2, 4 steps, two curriculum stages with a restart at step 2) uninterrupted (A),
 then resumes a copy of A's step-2 checkpoint (B), then runs 3 steps with a NaN loss on rank 1
-at step 1 (C). Meanwhile this process trains the
-single-process reference (R) with the same global batch of 8 (8 per process here, 4 per process
-there).
+at step 1 (C), and C again with fused AdamW (F: the skip decided on the device). Meanwhile this
+process trains the single-process reference (R) with the same global batch of 8 (8 per process
+here, 4 per process there).
 
 Tolerances: sharded and unsharded runs sum the gradients in a different order, so they agree to
 float32 rounding, not bit for bit. Measured on CPU: losses within 2.4e-7, teacher weights within
@@ -104,11 +104,18 @@ def runs(tmp_path_factory, demo_data):
     base = tmp_path_factory.mktemp("dist")
     data = demo_data.train
     a, b, c, r = base / "two_a", base / "two_b", base / "two_nan", base / "one_r"
+    f = base / "two_fused_nan"
     jobs = [
         {"overrides": overrides(a, data, GLOBAL_BATCH // 2)},
         {"overrides": overrides(b, data, GLOBAL_BATCH // 2), "start_from": [str(step2(a)), str(b)]},
         {
             "overrides": overrides(c, data, GLOBAL_BATCH // 2, ["train.max_steps=3"]),
+            "nan_loss": [1, 1],
+        },
+        {  # as C with fused AdamW: the skip is decided on the device (found_inf), no host read
+            "overrides": overrides(
+                f, data, GLOBAL_BATCH // 2, ["train.max_steps=3", "optim.fused=true"]
+            ),
             "nan_loss": [1, 1],
         },
     ]
@@ -131,7 +138,7 @@ def runs(tmp_path_factory, demo_data):
         pretrain(resolve_config(None, None, overrides(r, data, GLOBAL_BATCH)), progress=False)
         rc = proc.wait(timeout=300)
     assert rc == 0, (base / "torchrun.log").read_text()[-4000:]
-    return {"a": a, "b": b, "c": c, "r": r, "base": base, "data": data}
+    return {"a": a, "b": b, "c": c, "f": f, "r": r, "base": base, "data": data}
 
 
 @pytest.mark.distributed
@@ -200,6 +207,12 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_on_all_ranks(runs):
     assert all(bool(torch.isfinite(t).all()) for t in final["teacher"].values())
     # the last checkpoint is the one of step 3 (the skipped step 1 wrote none)
     assert ckpt_io.load(runs["c"] / "checkpoint.pt")["train_state"]["step"] == 3
+    # fused AdamW skips the same step on the device of both ranks, and trains like the host skip
+    f = _rows(runs["f"])
+    assert [x["finite"] for x in f] == [True, False, True]
+    assert f[2]["loss"] == pytest.approx(c[2]["loss"], rel=1e-5)
+    fused = ckpt_io.load(runs["f"] / "final.pt")["teacher"]
+    assert _max_diff(fused, final["teacher"]) < 1e-5
 
 
 @pytest.mark.distributed

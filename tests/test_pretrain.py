@@ -162,6 +162,46 @@ def test_exact_resume_at_the_stage_boundary(straight, tmp_path, demo_data):
     assert same_weights(a["teacher"], b["teacher"]) and same_weights(a["student"], b["student"])
 
 
+@pytest.mark.slow
+def test_fused_adamw_run_resumes_exactly_and_skips_a_bad_step_on_the_device(
+    tmp_path, demo_data, monkeypatch
+):
+    """The CUDA default (fused AdamW: the skip decided on the device, the host one step behind)
+    on the CPU: a NaN loss at step 1 is skipped, and a run split at the stage boundary ends bit
+    for bit where the uninterrupted one does."""
+    from fastdino_cli.ssl.meta import SSLMetaArch
+
+    real = SSLMetaArch.forward
+
+    def nan_at_step_1(self, batch, *, teacher_temp):
+        loss, metrics = real(self, batch, teacher_temp=teacher_temp)
+        return (loss * float("nan") if batch.step == 1 else loss), metrics
+
+    from fastdino_cli.train import loop
+
+    saved, save = [], loop._save_resumable
+
+    def recording_save(accelerator, core, optimizer, cfg, run_dir, step_done, *rest, **kw):
+        saved.append(step_done)
+        return save(accelerator, core, optimizer, cfg, run_dir, step_done, *rest, **kw)
+
+    monkeypatch.setattr(SSLMetaArch, "forward", nan_at_step_1)
+    monkeypatch.setattr(loop, "_save_resumable", recording_save)
+    fused = ["optim.fused=true"]
+    ref, out = tmp_path / "ref", tmp_path / "split"
+    with pytest.warns(UserWarning, match="step 1: non-finite loss"):
+        pretrain(tiny(ref, demo_data.train, extra=fused), progress=False)
+    rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r["finite"] for r in rows] == [True, False, True, True, True, True]
+    assert saved == [1, 3, 4, 5, 6]  # every step (checkpoint_period=1) but the skipped one
+    with pytest.warns(UserWarning, match="step 1: non-finite loss"):
+        pretrain(tiny(out, demo_data.train, extra=[*fused, "train.max_steps=3"]), progress=False)
+    pretrain(tiny(out, demo_data.train, extra=fused), progress=False)
+    assert losses(out) == losses(ref)
+    a, b = ckpt_io.load(ref / "final.pt"), ckpt_io.load(out / "final.pt")
+    assert same_weights(a["teacher"], b["teacher"]) and same_weights(a["student"], b["student"])
+
+
 def test_resume_refuses_another_config_unless_forced(straight, tmp_path, demo_data):
     ref_dir, _ = straight
     with pytest.raises(ConfigError, match=r"optim.base_lr.*--force-config"):
@@ -193,7 +233,8 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, demo_dat
     assert res.steps_done == 1 and not (out / ".lock").exists()
 
 
-def test_non_finite_losses_skip_steps_then_stop(tmp_path, demo_data, monkeypatch):
+@pytest.mark.parametrize("fused", ["false", "true"])  # skipped on the host / on the device
+def test_non_finite_losses_skip_steps_then_stop(tmp_path, demo_data, monkeypatch, fused):
     from fastdino_cli.ssl.meta import SSLMetaArch
 
     real = SSLMetaArch.forward
@@ -205,7 +246,8 @@ def test_non_finite_losses_skip_steps_then_stop(tmp_path, demo_data, monkeypatch
     monkeypatch.setattr(SSLMetaArch, "forward", nan_forward)
     out = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match="2 consecutive non-finite"):
-        pretrain(tiny(out, demo_data.train, extra=["train.max_bad_steps=2"]), progress=False)
+        extra = ["train.max_bad_steps=2", f"optim.fused={fused}"]
+        pretrain(tiny(out, demo_data.train, extra=extra), progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["finite"] for r in rows] == [False, False]
     assert not (out / "checkpoint.pt").exists()  # no checkpoint of a bad state

@@ -131,35 +131,16 @@ def test_fused_adamw_default_and_cpu_equivalence():
         torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
 
 
-def test_host_scalars_one_transfer_and_passthrough():
-    vals = {"loss": torch.tensor(1.5), "n": torch.tensor([2.0]), "lr": 1e-3, "finite": True}
-    out = so.host_scalars(vals)
-    assert out == {"loss": 1.5, "n": 2.0, "lr": 1e-3, "finite": True}
-    assert all(type(v) in (float, bool) for v in out.values())
-    assert so.host_scalars({"a": 1}) == {"a": 1}
-    assert isinstance(vals["loss"], torch.Tensor)  # input untouched
-
-
 @pytest.mark.slow
-def test_pretrain_with_checkpointing_matches_and_fetches_metrics_only_when_logging(
-    tmp_path, demo_data, monkeypatch
-):
+def test_pretrain_with_activation_checkpointing_gives_the_same_losses(tmp_path, demo_data):
     """Two tiny runs (2 stages, 6 steps, stochastic depth): activation checkpointing gives the
-    very same losses; device metrics are fetched once per written record, not once per step."""
+    very same losses; records are written at the log period as plain floats."""
     import json
 
     from fastdino_cli.config import resolve_config
-    from fastdino_cli.train import progress
     from fastdino_cli.train.loop import pretrain
     from tests.test_pretrain import tiny_overrides
 
-    calls = []
-
-    def counting(values):
-        calls.append(values["step"])
-        return so.host_scalars(values)
-
-    monkeypatch.setattr(progress, "host_scalars", counting)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -175,7 +156,6 @@ def test_pretrain_with_checkpointing_matches_and_fetches_metrics_only_when_loggi
         torch.set_num_threads(before)
     # logged: 0 (first step), 3 (stage change and (3 + 1) % 4 == 0), 5 (last step)
     assert [r["step"] for r in rows[True]] == [r["step"] for r in rows[False]] == [0, 3, 5]
-    assert calls == [0, 3, 5] * 2
     for a, b in zip(rows[False], rows[True], strict=True):
         for key in ("loss", "dino_global", "ibot", "koleo", "grad_norm_backbone"):
             assert isinstance(b[key], float)

@@ -320,22 +320,18 @@ def load_optimizer_state(
 # --------------------------------------------------------------------------------------------
 
 
-def all_ranks_finite(loss: Tensor) -> bool:
-    """True when the loss is finite on EVERY rank (all ranks must then skip the step together)."""
-    flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if is_initialized():
-        flag = flag.to(_comm_device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
+def min_over_ranks(flags: Tensor) -> Tensor:
+    """Element-wise minimum of ``flags`` over ranks, on ``flags``' own device.
 
-
-def any_rank(flag: bool) -> bool:
-    """True when ``flag`` is set on at least one rank."""
-    t = torch.tensor([1.0 if flag else 0.0])
-    if is_initialized():
-        t = t.to(_comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    The training step's flags (loss finite, no stop requested) go through here so that every
+    rank skips or stops at the same step. On NCCL the all-reduce is queued on the GPU like any
+    kernel: nothing waits for it on the host.
+    """
+    if not is_initialized():
+        return flags
+    out = flags.to(_comm_device())
+    dist.all_reduce(out, op=dist.ReduceOp.MIN)
+    return out.to(flags.device)
 
 
 def _comm_device() -> torch.device:

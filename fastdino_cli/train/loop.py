@@ -1,15 +1,17 @@
 """``pretrain(cfg)``: the DINOv2 / FastDINOv2 training loop.
 
-One process (CPU or one GPU) today, through Accelerate so that the multi-process FSDP2 path can
-wrap the same ``SSLMetaArch`` later (student and teacher in one module, every computation through
-its ``forward``). Per iteration ``s``::
+One process (CPU or one GPU) or many (FSDP2, ``train/distributed.py``), through Accelerate;
+student and teacher live in one ``SSLMetaArch`` and every computation goes through its
+``forward``. Per iteration ``s``::
 
     batch(s)  <- workers build the crops of the stage of step s (the sampler carries s)
-    restart?  -> AdamW state cleared when s opens a schedule segment (curriculum restart)
-    schedules -> lr / wd per group, teacher temperature, EMA momentum
-    forward   -> loss; non-finite: skip the step, count, stop after train.max_bad_steps in a row
-    backward, per-sub-module clipping, AdamW step, EMA of the teacher
-    log / checkpoint / SIGTERM check
+    queue s   -> train.step.TrainStep: restart, schedules, forward, backward, clipping, AdamW,
+                 EMA, all on the device; a non-finite loss skips the step there
+    settle s-1 on the host (its scalars arrived while s was queued): log, count non-finite
+                 steps (stop after train.max_bad_steps in a row), SIGTERM of any rank
+    checkpoint after s when due (settling s first: saving waits for the device anyway)
+
+The host reads a step's results one step late so that it never waits for the GPU inside a step.
 
 Exact resume: ``checkpoint.pt`` holds the weights, AdamW and grad-scaler state, loss centres,
 RNG states and the step; the sample order and every augmentation are pure functions of
@@ -30,38 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli.config import Config, config_to_yaml
 from fastdino_cli.data.folders import first_readable, resolve_root, scan_images
-from fastdino_cli.data.masking import MultiCropCollate
-from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler, seed_for
+from fastdino_cli.data.multicrop import seed_for
 from fastdino_cli.errors import CheckpointError, ConfigError, FastdinoError
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train import distributed as dist_utils
 from fastdino_cli.train import run_dir as rd
 from fastdino_cli.train.curriculum import is_restart_step, stage_at_step
+from fastdino_cli.train.loader import build_loader
 from fastdino_cli.train.progress import ProgressReporter
-from fastdino_cli.train.schedules import (
-    Schedules,
-    apply_schedule,
-    build_param_groups,
-    clip_grad_norms,
-)
+from fastdino_cli.train.schedules import Schedules, build_param_groups
+from fastdino_cli.train.step import PendingStep, TrainStep
 from fastdino_cli.train.step_options import apply_step_options, fused_adamw
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _ACCESS_ERRNOS = (errno.EACCES, errno.EPERM)
-
-
-def _ignore_sigterm(_worker_id: int) -> None:
-    """Data-loader workers leave SIGTERM to the main process, which checkpoints and stops them.
-
-    Schedulers (Slurm, Kubernetes) signal every process of a job; a worker dying of it would
-    crash the main process before it can write its checkpoint.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainingDiverged(FastdinoError):
@@ -84,7 +72,9 @@ class RunResult:
     bad_steps: int = 0
 
 
-def _build_accelerator(precision: str):
+def build_accelerator(precision: str):
+    """The run's ``Accelerator``: CUDA when there is one, with ``train.precision``'s autocast
+    (``auto``: bf16 where supported, else fp16 with a grad scaler); CPU runs in fp32."""
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
@@ -206,7 +196,7 @@ def pretrain(
     if not cfg.data.train:
         raise ConfigError("data.train is not set; pass data.train=DIR (or data.train=demo)")
     run_dir = Path(cfg.train.output_dir)
-    accelerator = _build_accelerator(cfg.train.precision)
+    accelerator = build_accelerator(cfg.train.precision)
     main = accelerator.is_main_process
     lock = rd.RunLock(run_dir) if main else None
     if lock:
@@ -303,7 +293,7 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
         result.final_checkpoint = run_dir / "final.pt" if (run_dir / "final.pt").exists() else None
         return result
 
-    loader = _build_loader(cfg, files, total, start, stop, rank, world, accelerator.device)
+    loader = build_loader(cfg, files, total, start, stop, rank, world, accelerator.device)
     bad = int(ckpt["train_state"].get("bad_steps", 0)) if ckpt else 0
     reporter = ProgressReporter(
         run_dir / "metrics.jsonl" if main else None,
@@ -317,6 +307,17 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     )
     seen_skipped: set[str] = set()
     step_done = start
+    train_step = TrainStep(
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        schedules=schedules,
+        clip_grad=cfg.optim.clip_grad,
+        is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
+    )
+    settler = _Settler(reporter, cfg, start, total, bad, run_dir / "checkpoint.pt")
+    settle = settler.settle
+    pending: PendingStep | None = None  # queued on the device, not yet settled on the host
     with _SigtermFlag() as sigterm, reporter:
         it = iter(loader)
         while True:
@@ -332,32 +333,9 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                 if f not in seen_skipped:
                     seen_skipped.add(f)
                     warnings.warn(f"skipping unreadable image {f}", stacklevel=1)
-            if is_restart_step(cfg.curriculum, step, total):
-                _inner_optimizer(optimizer).state.clear()
-            values = schedules.at(step)
-            apply_schedule(optimizer, values)
-            batch = batch.to(accelerator.device)
-            with accelerator.autocast():
-                loss, metrics = model(batch, teacher_temp=values.teacher_temp)
-            finite = dist_utils.all_ranks_finite(loss)  # ranks skip a step together
-            metrics = dist_utils.mean_over_ranks(metrics)  # global-batch values on rank 0
-            norms: dict[str, float] = {}
-            if finite:
-                bad = 0
-                accelerator.backward(loss)
-                if accelerator.scaler is not None:
-                    accelerator.unscale_gradients(optimizer)
-                norms = clip_grad_norms(dict(core.student.items()), cfg.optim.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                core.update_teacher(values.momentum)
-            else:
-                bad += 1
-                optimizer.zero_grad(set_to_none=True)
-            step_done = step + 1
+            queued = train_step(batch, stop_requested=sigterm.set)
             stage = stage_at_step(cfg.curriculum, step, total, cfg.crops)
-            record = {
-                "step": step,
+            queued.info = {
                 "stage": stage.index,
                 "stage_name": stage.name,
                 "global_crops_size": int(batch.global_crops.shape[-1]),
@@ -365,31 +343,19 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                 if batch.local_crops is not None
                 else None,
                 "noise_patching": stage.noise_patching.enabled,
-                "lr": values.lr,
-                "last_layer_lr": values.last_layer_lr,
-                "wd": values.weight_decay,
-                "momentum": values.momentum,
-                "teacher_temp": values.teacher_temp,
-                **metrics,  # device tensors: the reporter fetches them when it logs
-                **{f"grad_norm_{k}": v for k, v in norms.items()},
-                "finite": finite,
+                "data_wait_s": wait,
             }
-            reporter.step(
-                record, wait=wait, stage_changed=step == start or _stage_starts(cfg, step, total)
-            )
-            if not finite:
-                msg = f"step {step}: non-finite loss ({float(loss.detach())}), step skipped"
-                warnings.warn(msg, stacklevel=1)
-                if bad >= cfg.train.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{bad} consecutive non-finite losses (last at step {step}); the last "
-                        f"good checkpoint is {run_dir / 'checkpoint.pt'}; lower optim.base_lr "
-                        "or check the data"
-                    )
+            # the previous step has finished on the device by now, or soon: this one is queued
+            # behind it, so waiting for its scalars leaves the GPU busy
+            stop_now = pending is not None and settle(pending)[1]
+            pending, step_done = queued, step + 1
             periodic = step_done % cfg.train.checkpoint_period == 0
-            if world > 1:  # SIGTERM reaches ranks at different steps: stop them together
-                sigterm.set = dist_utils.any_rank(sigterm.set)
-            if sigterm.set or (finite and (periodic or step_done == stop)):
+            if not (stop_now or periodic or step_done == stop):
+                continue
+            finite, stop_asked = settle(pending)  # a checkpoint waits for the device anyway
+            pending = None
+            stop_now = stop_now or stop_asked
+            if stop_now or finite:
                 _save_resumable(
                     accelerator,
                     core,
@@ -398,13 +364,16 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
                     run_dir,
                     step_done,
                     stage.index,
-                    bad,
+                    settler.bad,
                     reporter.last,
                     keep=cfg.train.keep_checkpoints if periodic else 0,
                 )
-            if sigterm.set:
+            if stop_now:
                 result.stopped = "sigterm"
                 break
+        if pending is not None:
+            settle(pending)
+    bad = settler.bad
     result.steps_done = step_done
     result.last_metrics = reporter.last
     result.skipped_files = sorted(seen_skipped)
@@ -425,52 +394,43 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
     return result
 
 
+class _Settler:
+    """Host bookkeeping of a queued step once its scalars are there: the record, the count of
+    consecutive non-finite steps and the stop after ``train.max_bad_steps`` of them."""
+
+    def __init__(self, reporter, cfg: Config, start: int, total: int, bad: int, latest: Path):
+        self.reporter, self.cfg, self.start, self.total = reporter, cfg, start, total
+        self.bad = bad
+        """Consecutive non-finite steps so far (saved in the checkpoint)."""
+        self.latest = latest
+
+    def settle(self, pending: PendingStep) -> tuple[bool, bool]:
+        """Log the step, count it, raise ``TrainingDiverged``; (applied, some rank asked to
+        stop)."""
+        record = pending.resolve()
+        step, stop_requested = record["step"], record.pop("stop_requested")
+        self.bad = 0 if record["finite"] else self.bad + 1
+        self.reporter.step(
+            record,
+            wait=record.pop("data_wait_s"),
+            stage_changed=step == self.start or _stage_starts(self.cfg, step, self.total),
+        )
+        if not record["finite"]:
+            warnings.warn(
+                f"step {step}: non-finite loss ({record['loss']}), step skipped", stacklevel=1
+            )
+            if self.bad >= self.cfg.train.max_bad_steps:
+                raise TrainingDiverged(
+                    f"{self.bad} consecutive non-finite losses (last at step {step}); the last "
+                    f"good checkpoint is {self.latest}; lower optim.base_lr or check the data"
+                )
+        return record["finite"], stop_requested
+
+
 def _stage_starts(cfg: Config, step: int, total: int) -> bool:
     return step > 0 and (
         stage_at_step(cfg.curriculum, step, total).index
         != stage_at_step(cfg.curriculum, step - 1, total).index
-    )
-
-
-def _build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLoader:
-    dataset = MultiCropDataset(
-        files,
-        cfg.crops,
-        cfg.curriculum,
-        total_steps=total,
-        seed=cfg.train.seed,
-        fast_decode=cfg.data.fast_decode,
-    )
-    sampler = StepBatchSampler(
-        len(files),
-        cfg.train.batch_size_per_gpu,
-        seed=cfg.train.seed,
-        start_step=start,
-        end_step=stop,
-        rank=rank,
-        world_size=world,
-    )
-    collate = MultiCropCollate(
-        patch_size=cfg.model.patch_size,
-        mask_probability=cfg.ibot.mask_sample_probability,
-        ratio_min_max=cfg.ibot.mask_ratio_min_max,
-        seed=cfg.train.seed,
-        rank=rank,
-        world_size=world,
-    )
-    workers = cfg.data.num_workers
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=cfg.data.pin_memory and device.type == "cuda",
-        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
-        persistent_workers=False,
-        worker_init_fn=_ignore_sigterm if workers > 0 else None,
-        # its own generator: creating the iterator must not consume the global RNG, or a
-        # resumed run's drop-path draws would shift by one
-        generator=torch.Generator().manual_seed(seed_for(cfg.train.seed, start, 2)),
     )
 
 

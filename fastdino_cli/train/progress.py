@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastdino_cli.train.step_options import host_scalars
-
 
 class ProgressReporter:
     """Windowed throughput, the metrics file and the on-screen progress."""
@@ -90,7 +88,7 @@ class ProgressReporter:
             return
         now = time.perf_counter()
         elapsed = max(now - self._win_t0, 1e-9)
-        record = host_scalars(record)  # device metrics: one transfer, only when logging
+        record = dict(record)  # plain values already (``train.step.PendingStep.resolve``)
         record["images_per_s"] = self._win_steps * self.global_batch / elapsed
         record["data_wait"] = min(1.0, self._win_wait / elapsed)
         record["time"] = time.time()

@@ -15,10 +15,8 @@ Why each exists:
   each block. Default off: its benefit is measured per GPU (``benchmarks/pretrain_step.py
   --compile``), never assumed.
 - ``fused_adamw``: one multi-tensor kernel for the whole AdamW update instead of a dozen per
-  parameter (None: on CUDA only).
-- ``host_scalars``: metrics stay tensors on the device during the step; ``float()`` on each of
-  them would block the host until the GPU drains, every step. They are fetched in ONE transfer
-  only when a record is written (every ``train.log_period`` steps, or on an event).
+  parameter (None: on CUDA only). It also lets a non-finite step be skipped on the device
+  (``train/step.py``), so the step never waits for the GPU.
 
 Model code stays single-device and untouched: these functions replace instance attributes
 (``blk.forward_packed``), so state-dict keys and checkpoints do not change.
@@ -28,7 +26,7 @@ Order (as torchtitan applies them): activation checkpointing, then compile, then
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -93,26 +91,3 @@ def apply_step_options(meta_arch: nn.Module, *, compile: bool, activation_checkp
 def fused_adamw(setting: bool | None, device: torch.device) -> bool:
     """``optim.fused``: None means fused on CUDA only (the CPU kernel exists but gains little)."""
     return setting if setting is not None else device.type == "cuda"
-
-
-def _full(t: Tensor) -> Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def host_scalars(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with every scalar tensor replaced by a Python float, in one device transfer.
-
-    Non-tensor values pass through. A 0-d or 1-element tensor becomes a float; a DTensor is
-    gathered first.
-    """
-    keys = [k for k, v in values.items() if isinstance(v, Tensor)]
-    out = dict(values)
-    if not keys:
-        return out
-    # a sharded model's gradient norms are DTensors: materialise them (a collective: every rank
-    # calls this on the same steps, as the reporter does)
-    tensors = [_full(values[k].detach()) for k in keys]
-    scalars = [t.reshape(()).float().to(tensors[0].device) for t in tensors]
-    flat = torch.stack(scalars).cpu().tolist()
-    out.update(zip(keys, flat, strict=True))
-    return out
