@@ -6,10 +6,13 @@ this script measures what the hardware actually delivers, in one process, for th
 - **step only** (data loading excluded): a synthetic in-memory batch of the stage's shapes
   (random normalised crops, iBOT masks from the real collate function), timed over the full
   training step: forward of teacher and student, losses, backward, per-module clipping, AdamW,
-  EMA update of the teacher. The step mirrors ``train/loop.py``.
-- **with the loader** (data loading included): the real ``MultiCropDataset`` +
-  ``StepBatchSampler`` + ``MultiCropCollate`` DataLoader over generated JPEG and PNG files (or
-  ``--images DIR``), timed from asking for the batch to the end of the step.
+  EMA update of the teacher. It is the loop's own step (``train.step.TrainStep``) on a model
+  and optimizer built and prepared as the loop builds them; a step ends when its scalars have
+  reached the host.
+- **with the loader** (data loading included): the loop's own DataLoader
+  (``train.loader.build_loader``: workers, prefetch and pinned memory from ``data.*``) over
+  generated JPEG and PNG files (or ``--images DIR``), timed from asking for the batch to the
+  end of the step.
 
 It prints ONE JSON line: per stage the median seconds per step (and the loader wait), the
 step-time ratio of the last stage over the first next to the FLOPs ratio of the plan (synthetic
@@ -45,16 +48,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
 from fastdino_cli.data.folders import scan_images  # noqa: E402
 from fastdino_cli.data.masking import CropSample, MultiCropCollate  # noqa: E402
-from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler  # noqa: E402
 from fastdino_cli.ssl.meta import SSLMetaArch  # noqa: E402
-from fastdino_cli.train.curriculum import resolve_stages, stage_starts  # noqa: E402
-from fastdino_cli.train.flops import plan_config  # noqa: E402
-from fastdino_cli.train.schedules import (  # noqa: E402
-    Schedules,
-    apply_schedule,
-    build_param_groups,
-    clip_grad_norms,
+from fastdino_cli.train.curriculum import (  # noqa: E402
+    is_restart_step,
+    resolve_stages,
+    stage_starts,
 )
+from fastdino_cli.train.flops import plan_config  # noqa: E402
+from fastdino_cli.train.loader import build_loader  # noqa: E402
+from fastdino_cli.train.loop import build_accelerator  # noqa: E402
+from fastdino_cli.train.schedules import Schedules, build_param_groups  # noqa: E402
+from fastdino_cli.train.step import TrainStep  # noqa: E402
 from fastdino_cli.train.step_options import apply_step_options, fused_adamw  # noqa: E402
 
 
@@ -79,62 +83,58 @@ def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> 
 
 
 class Trainer:
-    """The model, optimizer and schedules of ``cfg``, and one training step (as the loop)."""
+    """The model, optimizer and schedules of ``cfg``, built as the loop builds them, and the
+    loop's own training step (``train.step.TrainStep``)."""
 
-    def __init__(self, cfg: Config, device: torch.device) -> None:
+    def __init__(self, cfg: Config) -> None:
         torch.manual_seed(cfg.train.seed)
-        self.cfg, self.device = cfg, device
-        self.model = SSLMetaArch(
+        self.cfg = cfg
+        self.accelerator = build_accelerator(cfg.train.precision)
+        self.device = self.accelerator.device
+        model = SSLMetaArch(
             model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
-        ).to(device)
-        self.model.train()
+        )
         apply_step_options(  # model.compile / model.activation_checkpointing, as the loop
-            self.model,
+            model,
             compile=cfg.model.compile,
             activation_checkpointing=cfg.model.activation_checkpointing,
         )
-        groups = build_param_groups(self.model.student, cfg.optim, self.model.n_blocks)
-        self.optimizer = torch.optim.AdamW(
+        groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
+        optimizer = torch.optim.AdamW(
             groups,
             lr=0.0,
             betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2),
-            fused=fused_adamw(cfg.optim.fused, device),
+            fused=fused_adamw(cfg.optim.fused, self.device),
         )
-        self.autocast_dtype = autocast_dtype(cfg.train.precision, device)
-        self.schedules = Schedules(
-            optim=cfg.optim,
-            teacher=cfg.teacher,
-            curriculum=cfg.curriculum,
-            epoch_length=cfg.train.epoch_length,
-            total_steps=cfg.total_iterations,
-            global_batch=cfg.train.batch_size_per_gpu,
+        model.to(self.device)
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        model.train()
+        total = cfg.total_iterations
+        self.train_step = TrainStep(
+            accelerator=self.accelerator,
+            model=model,
+            optimizer=optimizer,
+            schedules=Schedules(
+                optim=cfg.optim,
+                teacher=cfg.teacher,
+                curriculum=cfg.curriculum,
+                epoch_length=cfg.train.epoch_length,
+                total_steps=total,
+                global_batch=cfg.train.batch_size_per_gpu,
+            ),
+            clip_grad=cfg.optim.clip_grad,
+            is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
+        )
+
+    @property
+    def precision(self) -> str:
+        return {"no": "fp32"}.get(
+            self.accelerator.mixed_precision, self.accelerator.mixed_precision
         )
 
     def step(self, batch) -> float:
-        values = self.schedules.at(batch.step)
-        apply_schedule(self.optimizer, values)
-        batch = batch.to(self.device)
-        with torch.autocast(
-            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
-            loss, _ = self.model(batch, teacher_temp=values.teacher_temp)
-        loss.backward()
-        clip_grad_norms(dict(self.model.student.items()), self.cfg.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_teacher(values.momentum)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return float(loss.detach())
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The loop's precision rule: autocast on CUDA only; ``auto`` is bf16 where supported."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        """One whole step; returns when the device has finished it (its scalars are read)."""
+        return self.train_step(batch).resolve()["loss"]
 
 
 def synthetic_batch(cfg: Config, step: int, global_size: int, local_size: int):
@@ -165,33 +165,7 @@ def _collate(cfg: Config) -> MultiCropCollate:
     )
 
 
-def make_loader(cfg: Config, files, start: int, n_steps: int, workers: int):
-    """The training DataLoader (as the loop builds it) for steps ``start .. start + n_steps``."""
-    dataset = MultiCropDataset(
-        files,
-        cfg.crops,
-        cfg.curriculum,
-        total_steps=cfg.total_iterations,
-        seed=cfg.train.seed,
-        fast_decode=cfg.data.fast_decode,
-    )
-    sampler = StepBatchSampler(
-        len(files),
-        cfg.train.batch_size_per_gpu,
-        seed=cfg.train.seed,
-        start_step=start,
-        end_step=start + n_steps,
-    )
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=_collate(cfg),
-        num_workers=workers,
-        prefetch_factor=cfg.data.prefetch_factor if workers else None,
-    )
-
-
-def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int, workers: int):
+def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int):
     """Per stage: step times on a synthetic batch, and (load + step) times and load waits with
     the real loader. Stages are interleaved step by step, so a change of machine load during
     the run affects all stages alike."""
@@ -200,7 +174,11 @@ def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int
         synthetic_batch(cfg, start, st.global_crops_size, st.local_crops_size)
         for st, start in zip(stages, starts, strict=True)
     ]
-    iters = [iter(make_loader(cfg, files, start, warmup + steps, workers)) for start in starts]
+    total, device = cfg.total_iterations, trainer.device
+    iters = [
+        iter(build_loader(cfg, files, total, start, start + warmup + steps, 0, 1, device))
+        for start in starts
+    ]
     syn = [[] for _ in stages]
     tot = [[] for _ in stages]
     wait = [[] for _ in stages]
@@ -251,25 +229,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-images", type=int, default=64)
     ap.add_argument("--image-size", type=int, nargs=2, default=(320, 256), metavar=("W", "H"))
     ap.add_argument("--workers", type=int, help="loader workers (default: data.num_workers)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--label", default="", help="free text stored in the JSON")
     ap.add_argument("--out", type=Path, help="also write the JSON line to this file")
     args = ap.parse_args(argv)
 
-    cfg = resolve_config(args.preset, overrides=args.overrides)
-    device = torch.device(args.device)
-    workers = cfg.data.num_workers if args.workers is None else args.workers
+    workers = [] if args.workers is None else [f"data.num_workers={args.workers}"]
+    cfg = resolve_config(args.preset, overrides=[*args.overrides, *workers])
     plan = plan_config(cfg)
     stages = resolve_stages(cfg.curriculum, cfg.crops)
     starts = stage_starts(cfg.curriculum, cfg.total_iterations)
-    trainer = Trainer(cfg, device)
+    trainer = Trainer(cfg)
+    device = trainer.device
     with tempfile.TemporaryDirectory() as tmp:
         if args.images:
             files = scan_images(args.images)
         else:
             files = write_images(Path(tmp), args.n_images, tuple(args.image_size))
         syn_all, tot_all, wait_all = time_stages(
-            trainer, stages, starts, files, args.warmup, args.steps, workers
+            trainer, stages, starts, files, args.warmup, args.steps
         )
         rows = []
         for k, (st, start, sp) in enumerate(zip(stages, starts, plan.stages, strict=True)):
@@ -299,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         "arch": f"{cfg.model.arch}/{cfg.model.patch_size}",
         "batch_size": cfg.train.batch_size_per_gpu,
         "local_crops_number": cfg.crops.local_crops_number,
-        "loader_workers": workers,
+        "loader_workers": cfg.data.num_workers,
         "images": f"{len(files)} files" + ("" if args.images else f" generated {args.image_size}"),
         "timed_steps": args.steps,
         "warmup_steps": args.warmup,
@@ -323,9 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
             (last["step_s_with_loader"] / first["step_s_with_loader"])
             >= 0.85 * (last["gflops_per_image"] / first["gflops_per_image"])
         ),
-        "precision": str(trainer.autocast_dtype).replace("torch.", "")
-        if trainer.autocast_dtype
-        else "fp32",
+        "precision": trainer.precision,
         "compile": cfg.model.compile,
         "activation_checkpointing": cfg.model.activation_checkpointing,
         "hardware": hardware(device),
