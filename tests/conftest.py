@@ -18,3 +18,15 @@ def demo_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     return build_demo_dataset(root, size=32, train_per_class=8, val_per_class=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (``pytestmark = usefixtures``): they gain
+    nothing from two, and on a busy machine every tiny op would pay a thread-pool
+    synchronisation. Subprocess tests pass ``OMP_NUM_THREADS=1`` too, so that every process
+    reduces in the same order and their numbers match bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,19 +9,12 @@ Speed itself is never asserted.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmarks import curriculum_speed, pretrain_step
 from fastdino_cli.config import resolve_config
 from fastdino_cli.train.flops import image_cost
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

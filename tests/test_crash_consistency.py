@@ -44,17 +44,7 @@ STAGES = (
 EPOCHS, EPOCH_LENGTH = 8, 2
 TOTAL = EPOCHS * EPOCH_LENGTH
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster on a busy machine. The spawned runs use one
-    too (``OMP_NUM_THREADS=1``), so every process reduces in the same order: bitwise parity."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def overrides(out: Path, data: Path, period: int = 2) -> list[str]:

@@ -7,7 +7,6 @@ import re
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from fastdino_cli.report_run import EvalSettings
@@ -32,13 +31,7 @@ TINY_MODEL = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the toy model gains nothing from two, and a busy machine loses a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(out) -> EvalSettings:

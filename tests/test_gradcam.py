@@ -29,14 +29,7 @@ from fastdino_cli.eval.gradcam import (
 from fastdino_cli.eval.gradcam_run import run_gradcam
 from fastdino_cli.model.vit import build_vit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP sync costs on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit(regs: int = 2, seed: int = 0) -> nn.Module:

@@ -18,14 +18,7 @@ from fastdino_cli.ssl.losses import (
     sinkhorn_knopp,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ce(t, s, temp):

@@ -14,14 +14,7 @@ from fastdino_cli.data.masking import (
     token_weights,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_block_mask_reaches_target_without_exceeding_much():

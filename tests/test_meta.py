@@ -9,14 +9,7 @@ from fastdino_cli.config import CenteringConfig, DinoConfig, HeadConfig, IbotCon
 from fastdino_cli.data.masking import MultiCropBatch, stratified_masks
 from fastdino_cli.ssl.meta import SSLMetaArch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 HEAD = HeadConfig(n_prototypes=16, bottleneck_dim=8, hidden_dim=16, nlayers=3)

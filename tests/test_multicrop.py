@@ -19,14 +19,7 @@ from fastdino_cli.data.multicrop import (
 )
 from fastdino_cli.errors import DataError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny tensor ops: one intra-op thread avoids pool synchronisation costs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(h=40, w=48, seed=0):

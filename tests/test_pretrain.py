@@ -30,14 +30,7 @@ STAGES = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and a busy machine loses a lot.
-    Subprocesses get the same count (OMP_NUM_THREADS) so their numbers match bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_overrides(out, data, epochs=3, extra=()):
