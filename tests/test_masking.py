@@ -68,3 +68,32 @@ def test_collate_is_crop_major_and_masks_follow_crop_size():
     assert torch.equal(again.masks, batch.masks)
     bigger = col([_sample(6, i, g=32) for i in range(4)])
     assert bigger.masks.shape == (8, 64)
+
+
+def test_uint8_crops_cross_as_bytes_and_are_normalised_on_the_device():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    kw = {"patch_size": 4, "mask_probability": 0.5, "ratio_min_max": (0.1, 0.5), "seed": 3}
+    g = torch.Generator().manual_seed(0)
+
+    def sample(i):
+        glob = [torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=g) for _ in "ab"]
+        return CropSample(glob, [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)], 5, 0, -1.0)
+
+    samples = [sample(i) for i in range(2)]
+    batch = MultiCropCollate(**kw, mean=mean, std=std)(samples)
+    assert batch.global_crops.dtype == torch.uint8 and batch.normalisation.shape == (2, 3)
+    moved = batch.to("cpu")
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    for raw, out in (
+        (batch.global_crops, moved.global_crops),
+        (batch.local_crops, moved.local_crops),
+    ):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, (raw.float() / 255 - m) / s, atol=1e-5, rtol=0)
+    assert torch.equal(moved.mask_index, batch.mask_index)
+    with pytest.raises(ValueError, match="normalisation"):
+        MultiCropCollate(**kw)(samples).to("cpu")  # no mean / std for 8-bit crops
+    floats = MultiCropCollate(**kw)([_sample(5, i) for i in range(2)])  # float crops: as they are
+    assert floats.normalisation is None and torch.equal(
+        floats.to("cpu").global_crops, floats.global_crops
+    )

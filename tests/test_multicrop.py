@@ -34,7 +34,8 @@ def test_shapes_for_every_strategy(strategy):
     glob, loc, sigma = tf(_image(), torch.Generator().manual_seed(0))
     assert [tuple(x.shape) for x in glob] == [(3, 24, 24)] * 2
     assert [tuple(x.shape) for x in loc] == [(3, 12, 12)] * 3
-    assert sigma == -1.0 and all(torch.isfinite(x).all() for x in glob + loc)
+    assert sigma == -1.0 and all(x.dtype == torch.uint8 for x in glob + loc)
+    assert all(x.is_contiguous() for x in glob + loc)  # stackable without another copy
 
 
 def test_crop_strategy_never_rescales():
@@ -43,9 +44,8 @@ def test_crop_strategy_never_rescales():
     cfg = CropsConfig(strategy="crop", local_crops_number=2)
     tf = MultiCropTransform(cfg, global_size=16, local_size=8)
     glob, loc, _ = tf(img, torch.Generator().manual_seed(5))
-    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
     for crop in glob + loc:
-        pix = ((crop * std + mean) * 255).round()
+        pix = crop.float()  # 8-bit crops: the image's own pixels
         s = pix.shape[-1]
         windows = ref.unfold(1, s, 1).unfold(2, s, 1)  # (3, H-s+1, W-s+1, s, s)
         diff = (windows - pix[:, None, None]).abs().amax(dim=(0, 3, 4))
@@ -58,14 +58,14 @@ def test_shared_strategy_uses_one_photometric_draw():
     cfg = CropsConfig(strategy="shared", local_crops_number=2, blur_prob_local=0.0)
     tf = MultiCropTransform(cfg, global_size=16, local_size=16)
     glob, loc, _ = tf(img, torch.Generator().manual_seed(2))
-    means = [x.mean(dim=(1, 2)) for x in glob + loc]
-    assert all(torch.allclose(m, means[0], atol=1e-4) for m in means)
+    means = [x.float().mean(dim=(1, 2)) for x in glob + loc]
+    assert all(torch.equal(m, means[0]) for m in means)
     cfg_o = CropsConfig(strategy="original", local_crops_number=2, color_jitter_prob=1.0)
     glob, loc, _ = MultiCropTransform(cfg_o, global_size=16, local_size=16)(
         img, torch.Generator().manual_seed(2)
     )
-    means = [x.mean(dim=(1, 2)) for x in glob + loc]
-    assert not all(torch.allclose(m, means[0], atol=1e-3) for m in means)
+    means = [x.float().mean(dim=(1, 2)) for x in glob + loc]
+    assert not all(torch.allclose(m, means[0], atol=0.5) for m in means)
 
 
 def test_noise_patch_statistics():

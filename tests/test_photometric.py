@@ -47,39 +47,42 @@ def test_blur_gray_solarize_match_torchvision(sigma):
 
 @pytest.mark.slow
 def test_drawn_pipeline_matches_torchvision_reference():
-    """Full chains with drawn parameters, normalised, against the torchvision reference.
+    """Full chains with drawn parameters against the torchvision reference rounded to 8 bits.
 
-    Solarize is a threshold: a pixel within float rounding of it may flip (1 - x vs x), so a
-    handful of pixels are allowed a large difference; everything else agrees within 1e-5.
+    The output is the nearest 8-bit level of the float result: within one level of the
+    reference rounded the same way (the float results agree within 1e-5, so only values within
+    that of a half level round apart). Solarize is a threshold: a pixel within float rounding
+    of it may flip (1 - x vs x), so a handful of pixels are allowed a large difference.
     """
     cfg = CropsConfig()
-    mean, std = P.normalisation(cfg)
-    m, s = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
     g = torch.Generator().manual_seed(0)
     flipped, total = 0, 0
     for size in (16, 48, 112):
         for _ in range(12):
             crop = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
             params = _draw_photometric(cfg, g, 0.5, 0.5)
-            ref = (_apply_photometric(crop.float() / 255, params, cfg) - m) / s
-            out = P.augment_crop(crop, params, cfg, mean, std)
-            assert out.shape == ref.shape and out.dtype == torch.float32 and out.is_contiguous()
-            diff = (out - ref).abs()
-            flipped += int((diff > 1e-5).sum())
+            ref = (_apply_photometric(crop.float() / 255, params, cfg) * 255).round()
+            out = P.augment_crop(crop, params, cfg)
+            assert out.shape == ref.shape and out.dtype == torch.uint8 and out.is_contiguous()
+            diff = (out.float() - ref).abs()
+            flipped += int((diff > 1).sum())
             total += diff.numel()
             if not params["solarize"]:
-                assert diff.max() < 1e-5, params
+                assert diff.max() <= 1, params
+            assert float((diff > 0).float().mean()) < 0.01  # almost every pixel is exact
     assert flipped / total < 1e-3
 
 
-def test_no_params_is_plain_normalisation():
+def test_no_params_returns_the_crop_and_the_device_normalises():
     cfg = CropsConfig()
     crop = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
-    out = P.augment_crop(crop, None, cfg, *P.normalisation(cfg))
-    ref = (crop.float() / 255 - torch.tensor(cfg.mean).view(3, 1, 1)) / torch.tensor(cfg.std).view(
-        3, 1, 1
-    )
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert torch.equal(P.augment_crop(crop, None, cfg), crop)
+    batch = torch.stack([crop, 255 - crop])
+    out = P.normalise(batch, P.normalisation_affine(cfg.mean, cfg.std))
+    m, s = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    ref = (batch.double() / 255 - m.double()) / s.double()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
 
 
 def test_transform_is_deterministic_per_generator():

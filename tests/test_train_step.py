@@ -106,15 +106,20 @@ def _schedules(cfg) -> Schedules:
 
 
 def _batch(cfg, step: int, nan: bool = False):
+    """What the loader yields: uint8 crops with their normalisation; ``nan``: float crops (as
+    if normalised already) with a NaN image, for a non-finite loss."""
     g = torch.Generator().manual_seed(step)
+
+    def crop(size: int) -> torch.Tensor:
+        if nan:
+            return torch.randn(3, size, size, generator=g)
+        return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+
     size, local = cfg.crops.global_crops_size, cfg.crops.local_crops_size
     samples = [
         CropSample(
-            [torch.randn(3, size, size, generator=g) for _ in range(2)],
-            [
-                torch.randn(3, local, local, generator=g)
-                for _ in range(cfg.crops.local_crops_number)
-            ],
+            [crop(size) for _ in range(2)],
+            [crop(local) for _ in range(cfg.crops.local_crops_number)],
             step,
             0,
             -1.0,
@@ -126,6 +131,8 @@ def _batch(cfg, step: int, nan: bool = False):
         mask_probability=cfg.ibot.mask_sample_probability,
         ratio_min_max=cfg.ibot.mask_ratio_min_max,
         seed=cfg.train.seed,
+        mean=cfg.crops.mean,
+        std=cfg.crops.std,
     )(samples)
     if nan:
         batch.global_crops[0] = float("nan")
@@ -152,6 +159,7 @@ def test_a_step_with_fused_adamw_never_makes_the_host_wait(tmp_path, centering):
     _, _, train_step = _trainer(cfg)
     batches = [_batch(cfg, s) for s in range(2)]
     assert batches[0].n_masked > 0  # the iBOT gather and loss run
+    assert batches[0].global_crops.dtype == torch.uint8  # normalised inside the step
     with SyncWatch() as watch:
         pendings = [train_step(b) for b in batches]
     assert watch.seen == []

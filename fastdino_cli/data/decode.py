@@ -6,7 +6,8 @@ the antialiased resize of each large crop reading every one of its pixels. libjp
 at 1/2, 1/4 or 1/8 scale by dropping high DCT coefficients (Pillow ``Image.draft``): less work
 for the decoder and for every resize, and an image that still carries the low frequencies a
 112 px crop keeps. Measured gain per loader worker on a libjpeg-turbo CPU, where a full
-500x375 decode takes under 1 ms: 1.12x for stage-1 samples (``benchmarks/data_pipeline.py``);
+500x375 decode takes under 1 ms: 1.12x to 1.18x for stage-1 samples
+(``benchmarks/data_pipeline.py``);
 larger photographs gain more (1/4 or 1/8 scale). The reduction is chosen per image so that the
 largest crops are never upsampled because of it.
 

@@ -20,11 +20,14 @@ loader worker, because on a GPU ``patches[masks]`` must first count the True ent
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from fastdino_cli.data.photometric import normalisation_affine, normalise
 
 
 class BlockMaskGenerator:
@@ -135,6 +138,9 @@ class MultiCropBatch:
     ``masks`` at construction when not given."""
     mask_weights: Tensor | None = None
     """(M,) iBOT weight of each masked patch (``token_weights``); derived likewise."""
+    normalisation: Tensor | None = None
+    """(2, 3) per-channel scale and offset that turn uint8 crops into normalised floats
+    (``photometric.normalisation_affine``); None for crops that are float already."""
 
     def __post_init__(self) -> None:
         # derived where the batch is built (a loader worker's CPU), never on the device
@@ -163,17 +169,31 @@ class MultiCropBatch:
         self.masks = self.masks.pin_memory()
         self.mask_index = self.mask_index.pin_memory()
         self.mask_weights = self.mask_weights.pin_memory()
+        if self.normalisation is not None:
+            self.normalisation = self.normalisation.pin_memory()
         return self
 
     def to(self, device: torch.device | str) -> MultiCropBatch:
+        """The batch on ``device``, its uint8 crops normalised to float32 THERE: the bytes that
+        cross to the device are 8-bit. Float crops are moved as they are."""
         nb = torch.device(device).type == "cuda"  # asynchronous from pinned memory
 
         def move(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=nb)
 
+        affine = None if self.normalisation is None else move(self.normalisation)
+
+        def crops(t: Tensor) -> Tensor:
+            t = move(t)
+            if t.dtype != torch.uint8:
+                return t
+            if affine is None:
+                raise ValueError("uint8 crops need the batch's normalisation (mean and std)")
+            return normalise(t, affine)
+
         return MultiCropBatch(
-            global_crops=move(self.global_crops),
-            local_crops=None if self.local_crops is None else move(self.local_crops),
+            global_crops=crops(self.global_crops),
+            local_crops=None if self.local_crops is None else crops(self.local_crops),
             masks=move(self.masks),
             step=self.step,
             stage=self.stage,
@@ -197,7 +217,11 @@ class CropSample:
 
 
 class MultiCropCollate:
-    """Stack ``CropSample``s crop-major and draw the iBOT masks for the batch's step."""
+    """Stack ``CropSample``s crop-major and draw the iBOT masks for the batch's step.
+
+    ``mean`` / ``std`` (``crops.mean``, ``crops.std``) travel with batches of uint8 crops, which
+    the batch normalises on the training device; float crops need none.
+    """
 
     def __init__(
         self,
@@ -208,7 +232,12 @@ class MultiCropCollate:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
+        self.normalisation = (
+            normalisation_affine(mean, std) if mean is not None and std is not None else None
+        )
         self.patch_size = patch_size
         self.mask_probability = mask_probability
         self.ratio_min_max = tuple(ratio_min_max)
@@ -249,4 +278,5 @@ class MultiCropCollate:
             stage=samples[0].stage,
             noise_sigmas=torch.tensor([s.noise_sigma for s in samples]),
             skipped_files=[f for s in samples for f in s.skipped_files],
+            normalisation=self.normalisation if glob.dtype == torch.uint8 else None,
         )

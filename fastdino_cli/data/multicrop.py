@@ -4,7 +4,8 @@ Per image: 2 global crops (RandomResizedCrop, scale ``global_crops_scale``, bicu
 ``local_crops_number`` local crops (scale ``local_crops_scale``), each followed by the DINOv2
 photometric pipeline: flip, colour jitter (random order) with ``color_jitter_prob``, grayscale,
 Gaussian blur (kernel ``blur_kernel_size``, sigma U[blur_sigma]) with the probability of its crop
-kind, solarize on global crop 2; then normalisation. Probabilities are applied literally.
+kind, solarize on global crop 2. Crops stay 8-bit; normalisation happens on the training device
+(``MultiCropBatch.to``). Probabilities are applied literally.
 
 Strategies ("cropping is all you need"):
     original     the pipeline above, drawn independently for every crop
@@ -42,7 +43,7 @@ from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConf
 from fastdino_cli.data.decode import load_rgb_for_crops, spec_for_stage
 from fastdino_cli.data.folders import UnreadableImage
 from fastdino_cli.data.masking import CropSample
-from fastdino_cli.data.photometric import augment_crop, normalisation
+from fastdino_cli.data.photometric import augment_crop
 from fastdino_cli.errors import DataError
 from fastdino_cli.train.curriculum import resolve_stages, stage_index_at_step
 
@@ -174,7 +175,10 @@ def _apply_photometric(x: Tensor, p: dict, cfg: CropsConfig) -> Tensor:
 
 
 class MultiCropTransform:
-    """Full image -> (global crops, local crops, noise sigma) for one curriculum stage."""
+    """Full image -> (global crops, local crops, noise sigma) for one curriculum stage.
+
+    Crops are uint8 (3, size, size); the batch normalises them on the device
+    (``MultiCropBatch.to``)."""
 
     def __init__(
         self,
@@ -188,9 +192,6 @@ class MultiCropTransform:
         self.global_size = global_size
         self.local_size = local_size
         self.noise = noise or NoisePatchingConfig()
-        self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
-        self.std = torch.tensor(cfg.std).view(3, 1, 1)
-        self.np_norm = normalisation(cfg)
 
     def _geometry(self, img: Tensor, size: int, scale, g: torch.Generator) -> Tensor:
         strategy = self.cfg.strategy
@@ -237,7 +238,7 @@ class MultiCropTransform:
                     }[kind]
                     sol_p = cfg.solarize_prob_global2 if kind == "g2" else 0.0
                     params = _draw_photometric(cfg, g, blur_p, sol_p)
-            crops.append(augment_crop(x, params, cfg, *self.np_norm))
+            crops.append(augment_crop(x, params, cfg))
         return crops[:2], crops[2:], sigma
 
 

@@ -8,7 +8,7 @@ overhead dominates on such small images. OpenCV's SIMD colour conversion and sep
 filter do the same arithmetic 5-10x faster (``benchmarks/data_pipeline.py``).
 
 Same definitions as torchvision (images HWC float32 in [0, 1]), checked against it within 1e-5
-in ``tests/test_photometric.py``:
+op by op, and within one 8-bit level for whole chains, in ``tests/test_photometric.py``:
 
     brightness b:  b x, clamped
     contrast c:    c x + (1 - c) mean(gray(x)), clamped (one mean per image)
@@ -96,20 +96,32 @@ def apply_photometric_hwc(x: np.ndarray, params: dict, cfg: CropsConfig) -> np.n
     return x
 
 
-def augment_crop(
-    crop: Tensor, params: dict | None, cfg: CropsConfig, mean: np.ndarray, std: np.ndarray
-) -> Tensor:
-    """uint8 (3, h, w) crop -> photometric (if ``params``) -> normalised float (3, h, w).
+def augment_crop(crop: Tensor, params: dict | None, cfg: CropsConfig) -> Tensor:
+    """uint8 (3, h, w) crop -> photometric (if ``params``) -> uint8 (3, h, w), contiguous.
 
-    The crop stays uint8 until here; one conversion to float, one normalisation, one copy back.
+    The ops run in float32 on [0, 1] between one conversion in and one rounding out (the
+    reference's PIL pipeline keeps 8-bit pixels too, rounding after every op). Normalisation is
+    left to the device (``normalise``): workers, shared memory, pinning and the copy to the GPU
+    then move a quarter of the bytes of float crops, and the worker skips two float passes.
     """
-    x = crop.permute(1, 2, 0).numpy().astype(np.float32) * np.float32(1.0 / 255.0)
-    if params is not None:
-        x = apply_photometric_hwc(np.ascontiguousarray(x), params, cfg)
-    x = (x - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    if params is None:
+        return crop.contiguous()
+    x = np.multiply(crop.permute(1, 2, 0).numpy(), np.float32(1.0 / 255.0), dtype=np.float32)
+    x = apply_photometric_hwc(np.ascontiguousarray(x), params, cfg)
+    out = np.empty(x.shape, dtype=np.uint8)
+    cv2.convertScaleAbs(x, out, alpha=255.0)  # round to nearest, saturate to [0, 255]
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
-def normalisation(cfg: CropsConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) as float32 arrays broadcasting over HWC."""
-    return np.asarray(cfg.mean, dtype=np.float32), np.asarray(cfg.std, dtype=np.float32)
+def normalisation_affine(mean, std) -> Tensor:
+    """(2, 3) float32: per-channel scale ``1 / (255 std)`` and offset ``-mean / std``."""
+    m = torch.tensor(mean, dtype=torch.float64)
+    s = torch.tensor(std, dtype=torch.float64)
+    return torch.stack([1.0 / (255.0 * s), -m / s]).to(torch.float32)
+
+
+def normalise(crops: Tensor, affine: Tensor) -> Tensor:
+    """uint8 (N, 3, h, w) -> float32 ``(x / 255 - mean) / std``, on the crops' device (one
+    fused multiply-add; ``affine`` from ``normalisation_affine``, already on that device)."""
+    scale, offset = affine[0].view(1, 3, 1, 1), affine[1].view(1, 3, 1, 1)
+    return torch.addcmul(offset, crops.to(torch.float32), scale)

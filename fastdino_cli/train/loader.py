@@ -53,6 +53,8 @@ def build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLoa
         seed=cfg.train.seed,
         rank=rank,
         world_size=world,
+        mean=cfg.crops.mean,
+        std=cfg.crops.std,
     )
     workers = cfg.data.num_workers
     return DataLoader(
