@@ -4,7 +4,7 @@ Why: ``fastdino pretrain --plan`` predicts from FLOPs how much cheaper the low-r
 this script measures what the hardware actually delivers, in one process, for the same preset:
 
 - **step only** (data loading excluded): a synthetic in-memory batch of the stage's shapes
-  (random normalised crops, iBOT masks from the real collate function), timed over the full
+  (random uint8 crops, iBOT masks from the real collate function), timed over the full
   training step: forward of teacher and student, losses, backward, per-module clipping, AdamW,
   EMA update of the teacher. It is the loop's own step (``train.step.TrainStep``) on a model
   and optimizer built and prepared as the loop builds them; a step ends when its scalars have
@@ -138,31 +138,32 @@ class Trainer:
 
 
 def synthetic_batch(cfg: Config, step: int, global_size: int, local_size: int):
-    """A batch of the stage's shapes built in memory (no decoding, no augmentation)."""
+    """A batch of the stage's shapes built in memory (no decoding, no augmentation): random
+    uint8 crops, pinned on CUDA, as the loader delivers them."""
     g = torch.Generator().manual_seed(step)
+
+    def crop(size: int) -> torch.Tensor:
+        return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+
     samples = [
         CropSample(
-            [torch.randn(3, global_size, global_size, generator=g) for _ in range(2)],
-            [
-                torch.randn(3, local_size, local_size, generator=g)
-                for _ in range(cfg.crops.local_crops_number)
-            ],
+            [crop(global_size) for _ in range(2)],
+            [crop(local_size) for _ in range(cfg.crops.local_crops_number)],
             step,
             0,
             -1.0,
         )
         for _ in range(cfg.train.batch_size_per_gpu)
     ]
-    return _collate(cfg)(samples)
-
-
-def _collate(cfg: Config) -> MultiCropCollate:
-    return MultiCropCollate(
+    batch = MultiCropCollate(
         patch_size=cfg.model.patch_size,
         mask_probability=cfg.ibot.mask_sample_probability,
         ratio_min_max=cfg.ibot.mask_ratio_min_max,
         seed=cfg.train.seed,
-    )
+        mean=cfg.crops.mean,
+        std=cfg.crops.std,
+    )(samples)
+    return batch.pin_memory() if torch.cuda.is_available() else batch
 
 
 def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int):

@@ -3,15 +3,23 @@
 Generates ~500x375 JPEGs (ImageNet's typical size) from scikit-image photographs (random 4:3
 crops, flips, quality 90), then builds full multi-crop samples with ``MultiCropDataset`` exactly
 as a loader worker does (one intra-op thread), for stage 1 of the preset (112/48 for the
-FastDINOv2 presets) and its last stage (224/96 with noise patching), in three configurations:
+FastDINOv2 presets) and its last stage (224/96 with noise patching), in four configurations:
 
-    baseline  full-scale decode, torchvision tensor photometric ops (the pipeline before #11)
-    exact     full-scale decode (``data.fast_decode=false``), OpenCV photometric ops
-    fast      reduced-scale JPEG decode (``data/decode.py``), OpenCV photometric ops
+    baseline  full-scale decode, torchvision tensor photometric ops, normalised float32 crops
+              (the pipeline before #11)
+    exact     full-scale decode (``data.fast_decode=false``), OpenCV photometric ops, uint8 crops
+    fast_f32  reduced-scale JPEG decode, OpenCV photometric ops, normalised float32 crops built
+              in the worker (the pipeline before crops stayed 8-bit until the device)
+    fast      reduced-scale JPEG decode (``data/decode.py``), OpenCV photometric ops, uint8
+              crops (the default: normalised on the training device)
 
-All configurations run interleaved, round after round, so a busy machine slows them alike; the
-median round is reported, in images per CPU-second of the worker thread (robust to other load)
-and per wall-clock second. Prints one JSON line.
+``stage1_sample_bytes`` is what one stage-1 sample hands on to the collate function, the
+worker-to-main-process queue, pinning and the copy to the GPU (4x less as uint8).
+
+All configurations run interleaved image by image (each builds the same sample in turn), so a
+busy or throttled machine slows them alike; the median of the rounds is reported, in images per
+CPU-second of the worker thread (robust to other load) and per wall-clock second. Prints one
+JSON line.
 
     python benchmarks/data_pipeline.py [--preset vits16-in100] [--images 48] [--rounds 5]
         [--out benchmarks/results/data_pipeline_cpu.json]
@@ -41,20 +49,32 @@ from fastdino_cli.config import resolve_config  # noqa: E402
 from fastdino_cli.data import multicrop  # noqa: E402
 from fastdino_cli.data.decode import reduction  # noqa: E402
 from fastdino_cli.data.multicrop import MultiCropDataset  # noqa: E402
-from fastdino_cli.data.photometric import augment_crop  # noqa: E402
+from fastdino_cli.data.photometric import apply_photometric_hwc, augment_crop  # noqa: E402
 
 
-def torchvision_augment(crop, params, cfg, mean, std):
+def torchvision_augment(crop, params, cfg):
     """The pre-#11 path: float tensor in [0, 1], torchvision photometric ops, normalise."""
     x = crop.float() / 255.0
     if params is not None:
         x = multicrop._apply_photometric(x, params, cfg)
-    return (x - torch.from_numpy(mean).view(3, 1, 1)) / torch.from_numpy(std).view(3, 1, 1)
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def float_output_augment(crop, params, cfg):
+    """OpenCV photometric ops, then normalised float32 crops built in the worker (the pipeline
+    before crops stayed 8-bit until the device)."""
+    x = crop.permute(1, 2, 0).numpy().astype(np.float32) * np.float32(1.0 / 255.0)
+    if params is not None:
+        x = apply_photometric_hwc(np.ascontiguousarray(x), params, cfg)
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 CONFIGS = {  # name -> (fast_decode, augment function)
     "baseline": (False, torchvision_augment),
     "exact": (False, augment_crop),
+    "fast_f32": (True, float_output_augment),
     "fast": (True, augment_crop),
 }
 
@@ -124,19 +144,30 @@ def main(argv: list[str] | None = None) -> dict:
             for name, (fast, _) in CONFIGS.items()
         }
         stages = {"stage1": 0, "stage2": last_step}
+        sample_bytes = {}
+        for name, ds in datasets.items():  # what one sample hands to collate, IPC and pinning
+            multicrop.augment_crop = CONFIGS[name][1]
+            crops = ds[(0, 0)]
+            sample_bytes[name] = sum(
+                c.numel() * c.element_size() for c in crops.global_crops + crops.local_crops
+            )
         cpu = {(s, c): [] for s in stages for c in CONFIGS}
         wall = {(s, c): [] for s in stages for c in CONFIGS}
         for r in range(args.rounds + 1):  # round 0 warms up (page cache, allocator, imports)
             for stage, step in stages.items():
-                for name, ds in datasets.items():
-                    multicrop.augment_crop = CONFIGS[name][1]
-                    t0, c0 = time.perf_counter(), time.thread_time()
-                    for i in range(len(files)):
+                spent = {name: [0.0, 0.0] for name in datasets}  # cpu, wall seconds
+                for i in range(len(files)):  # every config on image i in turn: paired timings
+                    for name, ds in datasets.items():
+                        multicrop.augment_crop = CONFIGS[name][1]
+                        t0, c0 = time.perf_counter(), time.thread_time()
                         ds[(i, step)]
-                    c1, t1 = time.thread_time(), time.perf_counter()
-                    if r > 0:
-                        cpu[(stage, name)].append(len(files) / (c1 - c0))
-                        wall[(stage, name)].append(len(files) / (t1 - t0))
+                        c1, t1 = time.thread_time(), time.perf_counter()
+                        spent[name][0] += c1 - c0
+                        spent[name][1] += t1 - t0
+                if r > 0:
+                    for name, (c, w) in spent.items():
+                        cpu[(stage, name)].append(len(files) / c)
+                        wall[(stage, name)].append(len(files) / w)
         multicrop.augment_crop = augment_crop
         sizes = {}
         for stage in stages:
@@ -159,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "jpeg_quality": 90,
         "rounds": args.rounds,
         "threads_per_worker": 1,
+        "stage1_sample_bytes": sample_bytes,
         "stages": {},
     }
     for stage in stages:
@@ -169,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
         base, exact = row["baseline_images_per_cpu_s"], row["exact_images_per_cpu_s"]
         row["speedup_fast_vs_baseline"] = round(row["fast_images_per_cpu_s"] / base, 3)
         row["speedup_fast_vs_exact_decode"] = round(row["fast_images_per_cpu_s"] / exact, 3)
+        row["speedup_uint8_vs_float_output"] = round(
+            row["fast_images_per_cpu_s"] / row["fast_f32_images_per_cpu_s"], 3
+        )
         row["speedup_exact_vs_baseline"] = round(exact / base, 3)
         row["speedup_fast_vs_baseline_wall"] = round(
             row["fast_images_per_wall_s"] / row["baseline_images_per_wall_s"], 3
