@@ -143,7 +143,7 @@ class TrainStep:
         self.is_restart = is_restart
         scaler = accelerator.scaler is not None
         fused = bool(getattr(self.inner, "_step_supports_amp_scaling", False))
-        self.found_inf_flag = fused and not scaler
+        self.sets_found_inf = fused and not scaler
         """We hand the fused kernel the skip flag ourselves (with a scaler, the scaler does)."""
         self.skips_on_device = fused or scaler
         """False: the flag is read on the host before stepping (non-fused AdamW, no scaler)."""
@@ -192,7 +192,7 @@ class TrainStep:
         return to_host_async(scalars, step, values)
 
     def _optimizer_step(self, finite: Tensor) -> None:
-        if not self.found_inf_flag:
+        if not self.sets_found_inf:
             self.optimizer.step()
             return
         # the fused kernel reads ``found_inf`` (as GradScaler sets it): 1 leaves every
