@@ -56,8 +56,8 @@ from fastdino_cli.train.curriculum import (  # noqa: E402
 )
 from fastdino_cli.train.flops import plan_config  # noqa: E402
 from fastdino_cli.train.loader import build_loader  # noqa: E402
-from fastdino_cli.train.loop import build_accelerator  # noqa: E402
-from fastdino_cli.train.schedules import Schedules, build_param_groups  # noqa: E402
+from fastdino_cli.train.loop import build_accelerator, build_schedules  # noqa: E402
+from fastdino_cli.train.schedules import build_param_groups  # noqa: E402
 from fastdino_cli.train.step import TrainStep  # noqa: E402
 from fastdino_cli.train.step_options import apply_step_options, fused_adamw  # noqa: E402
 
@@ -114,14 +114,7 @@ class Trainer:
             accelerator=self.accelerator,
             model=model,
             optimizer=optimizer,
-            schedules=Schedules(
-                optim=cfg.optim,
-                teacher=cfg.teacher,
-                curriculum=cfg.curriculum,
-                epoch_length=cfg.train.epoch_length,
-                total_steps=total,
-                global_batch=cfg.train.batch_size_per_gpu,
-            ),
+            schedules=build_schedules(cfg, cfg.train.batch_size_per_gpu),
             clip_grad=cfg.optim.clip_grad,
             is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
         )

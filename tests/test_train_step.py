@@ -19,6 +19,7 @@ from fastdino_cli.config import resolve_config
 from fastdino_cli.data.masking import CropSample, MultiCropCollate
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train.curriculum import is_restart_step
+from fastdino_cli.train.loop import build_schedules
 from fastdino_cli.train.schedules import Schedules, build_param_groups
 from fastdino_cli.train.step import TrainStep
 from tests.test_pretrain import tiny_overrides
@@ -95,14 +96,7 @@ def _trainer(cfg) -> tuple[SSLMetaArch, torch.optim.Optimizer, TrainStep]:
 
 
 def _schedules(cfg) -> Schedules:
-    return Schedules(
-        optim=cfg.optim,
-        teacher=cfg.teacher,
-        curriculum=cfg.curriculum,
-        epoch_length=cfg.train.epoch_length,
-        total_steps=cfg.total_iterations,
-        global_batch=cfg.train.batch_size_per_gpu,
-    )
+    return build_schedules(cfg, cfg.train.batch_size_per_gpu)
 
 
 def _batch(cfg, step: int, nan: bool = False):

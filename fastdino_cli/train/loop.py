@@ -87,6 +87,18 @@ def build_accelerator(precision: str):
     return Accelerator(cpu=not cuda, mixed_precision=mixed)
 
 
+def build_schedules(cfg: Config, global_batch: int) -> Schedules:
+    """The run's schedules (lr scaled for ``global_batch`` images per step, all ranks)."""
+    return Schedules(
+        optim=cfg.optim,
+        teacher=cfg.teacher,
+        curriculum=cfg.curriculum,
+        epoch_length=cfg.train.epoch_length,
+        total_steps=cfg.total_iterations,
+        global_batch=global_batch,
+    )
+
+
 def _unwrap(accelerator, model) -> SSLMetaArch:
     return accelerator.unwrap_model(model)
 
@@ -272,14 +284,7 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
         rd.truncate_metrics(run_dir / "metrics.jsonl", start)
-    schedules = Schedules(
-        optim=cfg.optim,
-        teacher=cfg.teacher,
-        curriculum=cfg.curriculum,
-        epoch_length=cfg.train.epoch_length,
-        total_steps=total,
-        global_batch=global_batch,
-    )
+    schedules = build_schedules(cfg, global_batch)
     result = RunResult(
         run_dir, start, total, None, "finished", resumed_from=start if ckpt else None
     )
