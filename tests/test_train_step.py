@@ -15,8 +15,8 @@ import torch
 from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.curriculum_speed import synthetic_batch
 from fastdino_cli.config import resolve_config
-from fastdino_cli.data.masking import CropSample, MultiCropCollate
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train.curriculum import is_restart_step
 from fastdino_cli.train.loop import build_schedules
@@ -100,35 +100,12 @@ def _schedules(cfg) -> Schedules:
 
 
 def _batch(cfg, step: int, nan: bool = False):
-    """What the loader yields: uint8 crops with their normalisation; ``nan``: float crops (as
-    if normalised already) with a NaN image, for a non-finite loss."""
-    g = torch.Generator().manual_seed(step)
-
-    def crop(size: int) -> torch.Tensor:
-        if nan:
-            return torch.randn(3, size, size, generator=g)
-        return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
-
-    size, local = cfg.crops.global_crops_size, cfg.crops.local_crops_size
-    samples = [
-        CropSample(
-            [crop(size) for _ in range(2)],
-            [crop(local) for _ in range(cfg.crops.local_crops_number)],
-            step,
-            0,
-            -1.0,
-        )
-        for _ in range(cfg.train.batch_size_per_gpu)
-    ]
-    batch = MultiCropCollate(
-        patch_size=cfg.model.patch_size,
-        mask_probability=cfg.ibot.mask_sample_probability,
-        ratio_min_max=cfg.ibot.mask_ratio_min_max,
-        seed=cfg.train.seed,
-        mean=cfg.crops.mean,
-        std=cfg.crops.std,
-    )(samples)
+    """What the loader yields (uint8 crops with their normalisation, built by the benchmark's
+    ``synthetic_batch``); ``nan``: the global crops as floats with a NaN image, for a
+    non-finite loss."""
+    batch = synthetic_batch(cfg, step, cfg.crops.global_crops_size, cfg.crops.local_crops_size)
     if nan:
+        batch.global_crops = batch.global_crops.float()  # float crops pass through unnormalised
         batch.global_crops[0] = float("nan")
     return batch
 
