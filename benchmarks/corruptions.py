@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fastdino_cli.eval.corruptions import ALL, corrupt  # noqa: E402
-from fastdino_cli.eval.corruptions_blur import (  # noqa: E402
+from fastdino_cli.eval.corruption.blur import (  # noqa: E402
     GLASS_BLUR,
     glass_offsets,
     glass_shuffle,
     glass_shuffle_loop,
 )
+from fastdino_cli.eval.corruption.registry import ALL, corrupt  # noqa: E402
 
 
 def _photo(size: int) -> np.ndarray:

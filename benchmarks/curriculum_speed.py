@@ -46,17 +46,17 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
-from fastdino_cli.data.folders import scan_images  # noqa: E402
-from fastdino_cli.data.masking import CropSample, MultiCropCollate  # noqa: E402
-from fastdino_cli.ssl.meta import SSLMetaArch  # noqa: E402
-from fastdino_cli.train.curriculum import (  # noqa: E402
+from fastdino_cli.curriculum import (  # noqa: E402
     is_restart_step,
     resolve_stages,
     stage_starts,
 )
-from fastdino_cli.train.flops import plan_config  # noqa: E402
+from fastdino_cli.data.images import scan_images  # noqa: E402
+from fastdino_cli.data.masking import CropSample, MultiCropCollate  # noqa: E402
+from fastdino_cli.ssl.meta import SSLMetaArch  # noqa: E402
 from fastdino_cli.train.loader import build_loader  # noqa: E402
 from fastdino_cli.train.loop import build_accelerator, build_schedules  # noqa: E402
+from fastdino_cli.train.plan import plan_config  # noqa: E402
 from fastdino_cli.train.schedules import build_param_groups  # noqa: E402
 from fastdino_cli.train.step import TrainStep  # noqa: E402
 from fastdino_cli.train.step_options import apply_step_options, fused_adamw  # noqa: E402

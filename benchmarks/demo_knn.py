@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.checkpoint import load_teacher_backbone  # noqa: E402
 from fastdino_cli.data.demo import resolve_data_root  # noqa: E402
-from fastdino_cli.data.folders import load_rgb, scan_labelled  # noqa: E402
+from fastdino_cli.data.images import load_rgb, scan_labelled  # noqa: E402
 from fastdino_cli.model.vit import build_vit_from_arch  # noqa: E402
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastdino_cli.config import resolve_config  # noqa: E402
 from fastdino_cli.eval.classifier import ProbeClassifier, load_probe_classifier  # noqa: E402
 from fastdino_cli.eval.features import FeatureRecipe  # noqa: E402
-from fastdino_cli.eval.fourier import compute_fourier_heatmap, half_plane_frequencies  # noqa: E402
+from fastdino_cli.eval.fourier.basis import compute_fourier_heatmap, half_plane_frequencies  # noqa: E402
 from fastdino_cli.model.vit import build_vit  # noqa: E402
 
 PAPER_IMAGES = 500  # ImageNet-100 val, 5 per class

@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
-from fastdino_cli.train.flops import image_cost  # noqa: E402
 from fastdino_cli.train.loop import pretrain  # noqa: E402
+from fastdino_cli.train.plan import image_cost  # noqa: E402
 
 PEAK_BF16_TFLOPS = (  # dense (no sparsity) bf16 tensor-core peaks, vendor data sheets
     ("H100 PCIe", 756.0),

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import curriculum_speed, pretrain_step
 from fastdino_cli.config import resolve_config
-from fastdino_cli.train.flops import image_cost
+from fastdino_cli.train.plan import image_cost
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -578,9 +578,9 @@ def odd_images(tmp_path_factory) -> dict[str, tuple[Path, tuple[int, int, int]]]
 
 
 def _loaders():
-    from fastdino_cli.data.folders import load_rgb
-    from fastdino_cli.eval.corruptions_data import FileSet, tensor_to_uint8
-    from fastdino_cli.eval.gradcam_inputs import read_image
+    from fastdino_cli.data.images import load_rgb
+    from fastdino_cli.eval.corruption.data import FileSet, tensor_to_uint8
+    from fastdino_cli.eval.gradcam.inputs import read_image
     from fastdino_cli.eval.labelled import LabelledFolder
 
     def eval_folder(path):
@@ -615,7 +615,7 @@ def _bomb(path: Path, side: int = 50_000) -> Path:
 
 @pytest.mark.parametrize("loader", list(_loaders()))
 def test_decompression_bomb_is_refused_not_decoded(tmp_path, loader):
-    from fastdino_cli.data.folders import UnreadableImage
+    from fastdino_cli.data.images import UnreadableImage
 
     bomb = _bomb(tmp_path / "bomb.png")
     with pytest.raises((FastdinoError, UnreadableImage), match="decompression bomb") as e:

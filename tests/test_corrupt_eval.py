@@ -12,16 +12,16 @@ from PIL import Image
 from torch import nn
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval.corrupt_eval import evaluate_classifiers, format_table, save_results
-from fastdino_cli.eval.corruptions import BENCHMARK, corrupt, corruption_rng
-from fastdino_cli.eval.corruptions_data import find_imagenet_c, tensor_to_uint8
-from fastdino_cli.eval.corruptions_metrics import (
+from fastdino_cli.eval.corruption.data import find_imagenet_c, tensor_to_uint8
+from fastdino_cli.eval.corruption.metrics import (
     ALEXNET_CLEAN_ERR,
     ALEXNET_ERR,
     mce,
     mce_unavailable_reason,
     relative_mce,
 )
+from fastdino_cli.eval.corruption.registry import BENCHMARK, corrupt, corruption_rng
+from fastdino_cli.eval.corruption.run import evaluate_classifiers, format_table, save_results
 
 CLASSES = ["dark", "mid", "light"]
 LEVELS = {"dark": 40, "mid": 128, "light": 215}
@@ -191,7 +191,7 @@ def test_two_models_one_table_and_files(tmp_path):
 
 
 def test_figures(tmp_path):
-    from fastdino_cli.eval.corrupt_figures import write_report
+    from fastdino_cli.figures.corruption import write_report
 
     val = tmp_path / "val"
     _write_class_images(val, per_class=1)
@@ -217,7 +217,7 @@ def _run_cli(argv, capsys):
 @pytest.mark.slow
 def test_cli_end_to_end_with_a_stored_probe_head(tmp_path, demo_data, capsys, monkeypatch):
     """tiny ViT -> probe head (probe branch) -> corrupt-eval CLI on the demo val folder."""
-    from fastdino_cli.eval.probe import run_probe
+    from fastdino_cli.eval.probe.run import run_probe
     from tests.probe_helpers import tiny_checkpoint
 
     monkeypatch.setenv("FASTDINO_CACHE", str(tmp_path / "cache"))

@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval.corruptions import (
+from fastdino_cli.eval.corruption.blur import glass_offsets, glass_shuffle, glass_shuffle_loop
+from fastdino_cli.eval.corruption.common import (
+    apply_motion_blur,
+    clipped_zoom,
+    disk_kernel,
+    gaussian,
+    motion_kernel,
+    plasma_fractal,
+)
+from fastdino_cli.eval.corruption.registry import (
     ALL,
     BENCHMARK,
     DETERMINISTIC,
@@ -18,15 +27,6 @@ from fastdino_cli.eval.corruptions import (
     corruption_rng,
     parse_corruptions,
     parse_severities,
-)
-from fastdino_cli.eval.corruptions_blur import glass_offsets, glass_shuffle, glass_shuffle_loop
-from fastdino_cli.eval.corruptions_common import (
-    apply_motion_blur,
-    clipped_zoom,
-    disk_kernel,
-    gaussian,
-    motion_kernel,
-    plasma_fractal,
 )
 
 

@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from fastdino_cli import checkpoint as ckpt_io
+from fastdino_cli import rundir as rd
 from fastdino_cli.cli import main
 from fastdino_cli.config import config_to_yaml, resolve_config
-from fastdino_cli.train import run_dir as rd
 from fastdino_cli.train.loop import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

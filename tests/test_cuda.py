@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
+from fastdino_cli.curriculum import is_restart_step
 from fastdino_cli.ssl.meta import SSLMetaArch
-from fastdino_cli.train.curriculum import is_restart_step
 from fastdino_cli.train.loop import build_accelerator
 from fastdino_cli.train.schedules import build_param_groups
 from fastdino_cli.train.step import TrainStep

@@ -26,7 +26,7 @@ from fastdino_cli.data.decode import (
     reduction,
     spec_for_stage,
 )
-from fastdino_cli.data.folders import UnreadableImage
+from fastdino_cli.data.images import UnreadableImage
 from fastdino_cli.data.multicrop import MultiCropDataset, random_resized_crop_box
 
 STAGE1 = DecodeSpec(crops=((112, 1.0), (48, 0.32)))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fastdino_cli.report_run import EvalSettings
+from fastdino_cli.report.steps import EvalSettings
 
 TINY_MODEL = [
     "model.embed_dim=32",
@@ -51,7 +51,7 @@ def _settings(out) -> EvalSettings:
 
 @pytest.mark.slow
 def test_shrunken_demo_end_to_end(tmp_path, capsys):
-    from fastdino_cli.demo import RUNS, run_demo
+    from fastdino_cli.report.demo import RUNS, run_demo
 
     out = tmp_path / "demo"
     kwargs = dict(
@@ -96,7 +96,7 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys):
     # `report --run-missing` fills a section whose outputs were deleted, and only that one
     import shutil
 
-    from fastdino_cli.report import build_report
+    from fastdino_cli.report.build import build_report
 
     shutil.rmtree(out / "runs" / "fastdinov2" / "gradcam")
     partial = build_report([out / "runs" / n for n in RUNS], tmp_path / "r1")
@@ -132,7 +132,7 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys):
 
 
 def test_demo_cli_forwards_options(monkeypatch, tmp_path):
-    import fastdino_cli.demo as demo_mod
+    import fastdino_cli.report.demo as demo_mod
     from fastdino_cli.cli import app
 
     seen = {}
@@ -150,7 +150,7 @@ def test_demo_cli_forwards_options(monkeypatch, tmp_path):
 
 
 def test_demo_settings_full_means_every_severity(tmp_path):
-    from fastdino_cli.demo import demo_settings
+    from fastdino_cli.report.demo import demo_settings
 
     assert demo_settings(tmp_path).severities == "1,3,5"
     assert demo_settings(tmp_path, full=True).severities == "1-5"
@@ -158,8 +158,8 @@ def test_demo_settings_full_means_every_severity(tmp_path):
 
 
 def test_steps_scale_must_be_positive(tmp_path):
-    from fastdino_cli.demo import run_demo
     from fastdino_cli.errors import ConfigError
+    from fastdino_cli.report.demo import run_demo
 
     with pytest.raises(ConfigError, match="steps_scale 0"):
         run_demo(tmp_path, steps_scale=0)

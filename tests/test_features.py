@@ -19,7 +19,7 @@ from fastdino_cli.eval.features import (
     probe_features,
 )
 from fastdino_cli.eval.labelled import check_same_classes, scan_labelled_folder
-from fastdino_cli.eval.probe import run_probe
+from fastdino_cli.eval.probe.run import run_probe
 from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401
 
 

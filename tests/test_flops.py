@@ -14,7 +14,7 @@ from fastdino_cli.cli import main
 from fastdino_cli.config import HeadConfig, ModelConfig, list_presets, resolve_config
 from fastdino_cli.data.masking import stratified_masks
 from fastdino_cli.model.vit import build_vit
-from fastdino_cli.train.flops import (
+from fastdino_cli.train.plan import (
     VitDims,
     analytic_backbone_flops,
     analytic_head_flops,

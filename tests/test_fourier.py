@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastdino_cli.errors import ConfigError
-from fastdino_cli.eval.fourier import (
+from fastdino_cli.eval.fourier.basis import (
     compute_fourier_heatmap,
     default_eps,
     fourier_basis,
@@ -272,7 +272,7 @@ def test_periodic_saves_survive_a_hard_kill(tmp_path):
 def test_figures_share_one_colour_scale(tmp_path):
     from PIL import Image
 
-    from fastdino_cli.eval.fourier_figures import (
+    from fastdino_cli.figures.fourier import (
         plot_heatmap,
         plot_radial,
         plot_side_by_side,
@@ -295,7 +295,7 @@ def test_figures_share_one_colour_scale(tmp_path):
 @pytest.fixture(scope="module")
 def probed_checkpoint(tmp_path_factory, demo_data):
     """A random-init tiny ViT (patch 8, 32 px) with a linear probe head stored by run_probe."""
-    from fastdino_cli.eval.probe import run_probe
+    from fastdino_cli.eval.probe.run import run_probe
     from tests.probe_helpers import tiny_checkpoint
 
     tmp = tmp_path_factory.mktemp("fourier_ckpt")

@@ -16,7 +16,7 @@ from fastdino_cli.config import ModelConfig
 from fastdino_cli.errors import CheckpointError, ConfigError, DataError
 from fastdino_cli.eval.classifier import load_probe_classifier, make_probe_entry, save_probe_entry
 from fastdino_cli.eval.features import FeatureRecipe, eval_transform
-from fastdino_cli.eval.gradcam import (
+from fastdino_cli.eval.gradcam.cam import (
     METHODS,
     CosineTarget,
     ProjectionTarget,
@@ -26,7 +26,7 @@ from fastdino_cli.eval.gradcam import (
     resolve_module,
     similarity_targets,
 )
-from fastdino_cli.eval.gradcam_run import run_gradcam
+from fastdino_cli.eval.gradcam.run import run_gradcam
 from fastdino_cli.model.vit import build_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig, StageConfig
-from fastdino_cli.data.folders import UnreadableImage, load_rgb, scan_images, scan_labelled
+from fastdino_cli.data.images import UnreadableImage, load_rgb, scan_images, scan_labelled
 from fastdino_cli.data.masking import MultiCropCollate
 from fastdino_cli.data.multicrop import (
     MultiCropDataset,

@@ -18,8 +18,8 @@ from PIL import Image
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli.config import resolve_config
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.rundir import RunLocked
 from fastdino_cli.train.loop import TrainingDiverged, pretrain
-from fastdino_cli.train.run_dir import RunLocked
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "{n_prototypes: 32, bottleneck_dim: 16, hidden_dim: 32, nlayers: 2}"

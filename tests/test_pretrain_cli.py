@@ -86,7 +86,7 @@ def test_plot_metrics_writes_png_with_stage_switch(tmp_path, capsys):
             }
         )
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{torn")
-    from fastdino_cli.train.figures import load_metrics, stage_switches
+    from fastdino_cli.figures.training import load_metrics, stage_switches
 
     df = load_metrics(tmp_path)
     assert len(df) == 10 and stage_switches(df) == [6]
@@ -101,7 +101,7 @@ def test_plot_metrics_writes_png_with_stage_switch(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["demo", "demo-dinov2", "vitb16-in1k-dinov2-hires"])
 def test_presets_resolve_with_stages(name):
     from fastdino_cli.config import resolve_config
-    from fastdino_cli.train.curriculum import resolve_stages
+    from fastdino_cli.curriculum import resolve_stages
 
     cfg = resolve_config(name)
     stages = resolve_stages(cfg.curriculum, cfg.crops)

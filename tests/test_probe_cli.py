@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-import fastdino_cli.eval.probe as probe_lib
+import fastdino_cli.eval.probe.run as probe_lib
 from fastdino_cli import checkpoint as ck
 from fastdino_cli.cli import app, main
 from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401

@@ -10,13 +10,13 @@ from fastdino_cli import checkpoint as ck
 from fastdino_cli.config import CropsConfig
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.features import default_recipe
-from fastdino_cli.eval.invariance import (
+from fastdino_cli.eval.labelled import scan_labelled_folder
+from fastdino_cli.eval.probe.invariance import (
     STRATEGIES,
     measure_invariance,
     view_invariance,
     view_sampler,
 )
-from fastdino_cli.eval.labelled import scan_labelled_folder
 from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval import linear as linear_mod
 from fastdino_cli.eval.features import Features
-from fastdino_cli.eval.knn import knn_classify
-from fastdino_cli.eval.linear import (
+from fastdino_cli.eval.probe import linear as linear_mod
+from fastdino_cli.eval.probe.knn import knn_classify
+from fastdino_cli.eval.probe.linear import (
     DEFAULT_LRS,
     evaluate_grid,
     fit_and_select,

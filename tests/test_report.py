@@ -12,15 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from fastdino_cli.config import config_to_yaml, resolve_config
-from fastdino_cli.report import build_report, fmt_rel
-from fastdino_cli.report_tables import (
+from fastdino_cli.report.build import build_report, fmt_rel
+from fastdino_cli.report.tables import (
     read_run,
     relative_change,
     training_numbers,
     with_relative,
     world_size,
 )
-from fastdino_cli.train.flops import plan_config
+from fastdino_cli.train.plan import plan_config
 
 BATCH = 16
 
@@ -55,7 +55,7 @@ def _probe(run: Path, knn20: float, linear: float, rand_knn20: float, rand_linea
 
 
 def _corrupt(run: Path, clean: float, per_corruption: dict[str, list[float]]) -> None:
-    from fastdino_cli.eval.corruptions import BENCHMARK, EXTRA, group_of
+    from fastdino_cli.eval.corruption.registry import BENCHMARK, EXTRA, group_of
 
     folder = run / "corrupt-eval"
     folder.mkdir()

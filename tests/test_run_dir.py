@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from fastdino_cli.train import run_dir as rd
+from fastdino_cli import rundir as rd
 
 
 def test_rng_state_round_trips_through_weights_only(tmp_path):

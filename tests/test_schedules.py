@@ -16,15 +16,15 @@ from fastdino_cli.config import (
     TeacherConfig,
     resolve_config,
 )
-from fastdino_cli.model.heads import DinoHead
-from fastdino_cli.model.vit import build_vit
-from fastdino_cli.train.curriculum import (
+from fastdino_cli.curriculum import (
     is_restart_step,
     segment_at_step,
     segments,
     stage_at,
     stage_at_step,
 )
+from fastdino_cli.model.heads import DinoHead
+from fastdino_cli.model.vit import build_vit
 from fastdino_cli.train.schedules import (
     Schedules,
     apply_schedule,

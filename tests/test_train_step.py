@@ -17,8 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.curriculum_speed import synthetic_batch
 from fastdino_cli.config import resolve_config
+from fastdino_cli.curriculum import is_restart_step
 from fastdino_cli.ssl.meta import SSLMetaArch
-from fastdino_cli.train.curriculum import is_restart_step
 from fastdino_cli.train.loop import build_schedules
 from fastdino_cli.train.schedules import Schedules, build_param_groups
 from fastdino_cli.train.step import TrainStep

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fastdino_cli import checkpoint as ck  # noqa: E402
 from fastdino_cli.config import ModelConfig  # noqa: E402
 from fastdino_cli.data.demo import build_demo_dataset  # noqa: E402
-from fastdino_cli.eval.fourier_run import run_fourier_heatmaps  # noqa: E402
-from fastdino_cli.eval.probe import run_probe  # noqa: E402
+from fastdino_cli.eval.fourier.run import run_fourier_heatmaps  # noqa: E402
+from fastdino_cli.eval.probe.run import run_probe  # noqa: E402
 from fastdino_cli.model.vit import build_vit  # noqa: E402
 
 

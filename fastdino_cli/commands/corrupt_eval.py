@@ -58,8 +58,8 @@ def corrupt_eval_command(
     example_severity: Annotated[int, typer.Option(min=1, max=5)] = 3,
 ) -> None:
     """ImageNet-C robustness per corruption and severity, means, mCE; tables and figures."""
-    from fastdino_cli.eval.corrupt_eval import corrupt_eval, format_table
-    from fastdino_cli.eval.corrupt_figures import first_clean_image, write_report
+    from fastdino_cli.eval.corruption.run import corrupt_eval, format_table
+    from fastdino_cli.figures.corruption import first_clean_image, write_report
 
     result = corrupt_eval(
         checkpoints,

@@ -25,7 +25,7 @@ def demo_command(
 ) -> None:
     """Train the FastDINOv2 curriculum and the DINOv2 baseline on the demo data, evaluate both,
     and write one report (re-running reuses every finished step)."""
-    from fastdino_cli.demo import run_demo
+    from fastdino_cli.report.demo import run_demo
 
     path = run_demo(out, full=full, steps_scale=steps_scale)
     typer.echo(f"report: {path}")

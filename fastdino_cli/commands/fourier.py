@@ -69,7 +69,7 @@ def fourier_command(
     Each checkpoint needs a probe head (`fastdino probe` stores it). An interrupted run resumes
     from the frequencies already done when started again with the same arguments.
     """
-    from fastdino_cli.eval.fourier_run import run_fourier_heatmaps
+    from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
 
     run = run_fourier_heatmaps(
         checkpoints,

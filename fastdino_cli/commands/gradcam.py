@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
-from fastdino_cli.eval.gradcam import DEFAULT_TARGET_LAYER, method_names
-from fastdino_cli.eval.gradcam_run import TARGET_HELP, run_gradcam
+from fastdino_cli.eval.gradcam.cam import DEFAULT_TARGET_LAYER, method_names
+from fastdino_cli.eval.gradcam.run import TARGET_HELP, run_gradcam
 
 EXAMPLES = """Examples:
 

@@ -15,7 +15,7 @@ def plot_metrics_command(
     ] = None,
 ) -> None:
     """Plot losses, learning rate and crop size per step, with the stage switches marked."""
-    from fastdino_cli.train.figures import plot_metrics
+    from fastdino_cli.figures.training import plot_metrics
 
     typer.echo(f"wrote {plot_metrics(run_dir, out)}")
 

@@ -100,7 +100,7 @@ def pretrain_command(
 
 
 def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
-    from fastdino_cli.train.flops import plan_run, render_plan
+    from fastdino_cli.train.plan import plan_run, render_plan
 
     if not plan:
         raise ConfigError("--compare and --json only apply with --plan")

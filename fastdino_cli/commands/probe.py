@@ -119,7 +119,7 @@ def probe_command(
     The linear head is chosen on a split held out from --train, then evaluated once on --val;
     "best on val" is the reference protocol's optimistic figure, shown for comparison.
     """
-    from fastdino_cli.eval.probe import run_probe
+    from fastdino_cli.eval.probe.run import run_probe
 
     report = run_probe(
         checkpoints, train, val, ks=_ints(k, "--k"), epochs=epochs, batch_size=batch_size,

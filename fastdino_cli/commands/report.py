@@ -39,8 +39,8 @@ def report_command(
     (--out RUN/fourier) and gradcam (--out RUN/gradcam) wrote into each run directory; a
     missing section names the command that fills it.
     """
-    from fastdino_cli.report import build_report
-    from fastdino_cli.report_run import EvalSettings
+    from fastdino_cli.report.build import build_report
+    from fastdino_cli.report.steps import EvalSettings
 
     settings = EvalSettings()
     if data is not None:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fastdino_cli.data.folders import UnreadableImage, _to_rgb
+from fastdino_cli.data.images import UnreadableImage, _to_rgb
 
 JPEG_SCALES = (8, 4, 2, 1)
 """The reductions libjpeg's DCT scaling offers through Pillow's ``draft``."""

@@ -40,12 +40,12 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig
+from fastdino_cli.curriculum import resolve_stages, stage_index_at_step
 from fastdino_cli.data.decode import load_rgb_for_crops, spec_for_stage
-from fastdino_cli.data.folders import UnreadableImage
+from fastdino_cli.data.images import UnreadableImage
 from fastdino_cli.data.masking import CropSample
 from fastdino_cli.data.photometric import augment_crop
 from fastdino_cli.errors import DataError
-from fastdino_cli.train.curriculum import resolve_stages, stage_index_at_step
 
 
 def seed_for(*parts: int) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fastdino_cli.data.folders import read_rgb_or_fail, walk_error
+from fastdino_cli.data.images import read_rgb_or_fail, walk_error
 from fastdino_cli.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

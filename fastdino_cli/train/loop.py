@@ -34,14 +34,14 @@ from typing import Any
 import torch
 
 from fastdino_cli import checkpoint as ckpt_io
+from fastdino_cli import rundir as rd
 from fastdino_cli.config import Config, config_to_yaml
-from fastdino_cli.data.folders import first_readable, resolve_root, scan_images
+from fastdino_cli.curriculum import is_restart_step, stage_at_step
+from fastdino_cli.data.images import first_readable, resolve_root, scan_images
 from fastdino_cli.data.multicrop import seed_for
 from fastdino_cli.errors import CheckpointError, ConfigError, FastdinoError
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train import distributed as dist_utils
-from fastdino_cli.train import run_dir as rd
-from fastdino_cli.train.curriculum import is_restart_step, stage_at_step
 from fastdino_cli.train.loader import build_loader
 from fastdino_cli.train.progress import ProgressReporter
 from fastdino_cli.train.schedules import Schedules, build_param_groups

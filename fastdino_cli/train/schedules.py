@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fastdino_cli.config import CurriculumConfig, OptimConfig, TeacherConfig
-from fastdino_cli.train.curriculum import segment_at_step
+from fastdino_cli.curriculum import segment_at_step
 
 
 def cosine(t: float, length: float, start: float, end: float) -> float:

@@ -27,7 +27,7 @@ from fastdino_cli.eval.features import (
     raise_decode_errors,
 )
 from fastdino_cli.eval.labelled import LabelledFolder
-from fastdino_cli.eval.linear import (
+from fastdino_cli.eval.probe.linear import (
     DEFAULT_LRS,
     GridTrainer,
     LinearResult,

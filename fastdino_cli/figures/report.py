@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fastdino_cli.report_tables import RunData, corruption_cells
+from fastdino_cli.report.tables import RunData, corruption_cells
 
 
 def training_curves(run: RunData, path: Path) -> Path | None:
     """The run's losses / lr / crop-size panels (``fastdino plot-metrics``), saved to ``path``."""
     if run.metrics is None:
         return None
-    from fastdino_cli.train.figures import plot_metrics
+    from fastdino_cli.figures.training import plot_metrics
 
     return Path(plot_metrics(run.run_dir, path))
 
@@ -32,8 +32,8 @@ def corruption_bars(runs: list[RunData], path: Path) -> Path | None:
     cells = corruption_cells(runs)
     if cells.empty:
         return None
-    from fastdino_cli.eval.corrupt_eval import CorruptEvalResult
-    from fastdino_cli.eval.corrupt_figures import plot_accuracy_bars
+    from fastdino_cli.eval.corruption.run import CorruptEvalResult
+    from fastdino_cli.figures.corruption import plot_accuracy_bars
 
     summary = []
     severities: set[int] = set()
@@ -49,7 +49,7 @@ def corruption_bars(runs: list[RunData], path: Path) -> Path | None:
 
 
 def _fourier_result(meta: dict):
-    from fastdino_cli.eval.fourier import FourierResult
+    from fastdino_cli.eval.fourier.basis import FourierResult
 
     error = np.load(Path(meta["folder"]) / "error.npy")
     return FourierResult(
@@ -71,7 +71,7 @@ def fourier_side_by_side(runs: list[RunData], path: Path) -> tuple[Path | None, 
     with_maps = [r for r in runs if r.fourier is not None]
     if not with_maps:
         return None, []
-    from fastdino_cli.eval.fourier_figures import plot_side_by_side
+    from fastdino_cli.figures.fourier import plot_side_by_side
 
     ref = with_maps[0].fourier
     key = (ref["size"], ref.get("window"), round(float(ref["eps"]), 9))
@@ -94,9 +94,9 @@ def gradcam_grid(runs: list[RunData], path: Path) -> tuple[Path | None, list[str
     with_maps = [r for r in runs if r.gradcam is not None]
     if not with_maps:
         return None, []
-    from fastdino_cli.eval.gradcam_figures import plot_gradcam_grid
-    from fastdino_cli.eval.gradcam_inputs import Sample, load_pixels, sized_transform
-    from fastdino_cli.eval.gradcam_run import CheckpointMaps, GradCamResult
+    from fastdino_cli.eval.gradcam.inputs import Sample, load_pixels, sized_transform
+    from fastdino_cli.eval.gradcam.run import CheckpointMaps, GradCamResult
+    from fastdino_cli.figures.gradcam import plot_gradcam_grid
 
     ref = with_maps[0].gradcam
     key = (ref["images"], ref["image_size"], ref["method"], ref["target"])

@@ -21,19 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval import (
-    corruptions_blur as blur,
-)
-from fastdino_cli.eval import (
-    corruptions_digital as digital,
-)
-from fastdino_cli.eval import (
-    corruptions_noise as noise,
-)
-from fastdino_cli.eval import (
-    corruptions_weather as weather,
-)
-from fastdino_cli.eval.corruptions_common import SEVERITIES, check_image
+from fastdino_cli.eval.corruption import blur, digital, noise, weather
+from fastdino_cli.eval.corruption.common import SEVERITIES, check_image
 
 CorruptionFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 

@@ -27,9 +27,7 @@ import pandas as pd
 import torch
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval.corruptions import ALL, BENCHMARK, EXTRA, group_of, parse_corruptions
-from fastdino_cli.eval.corruptions import parse_severities as _parse_severities
-from fastdino_cli.eval.corruptions_data import (
+from fastdino_cli.eval.corruption.data import (
     CLEAN,
     CorruptedSet,
     FileSet,
@@ -41,12 +39,14 @@ from fastdino_cli.eval.corruptions_data import (
     tensor_to_uint8,
     worker_init,
 )
-from fastdino_cli.eval.corruptions_metrics import (
+from fastdino_cli.eval.corruption.metrics import (
     corruption_errors,
     mce,
     mce_unavailable_reason,
     relative_mce,
 )
+from fastdino_cli.eval.corruption.registry import ALL, BENCHMARK, EXTRA, group_of, parse_corruptions
+from fastdino_cli.eval.corruption.registry import parse_severities as _parse_severities
 
 
 @dataclass

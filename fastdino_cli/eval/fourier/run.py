@@ -35,13 +35,13 @@ import torch
 from torch import Tensor
 
 from fastdino_cli.errors import ConfigError, DataError
-from fastdino_cli.eval.fourier import (
+from fastdino_cli.eval.fourier.basis import (
     FourierResult,
     compute_fourier_heatmap,
     default_eps,
     half_plane_frequencies,
 )
-from fastdino_cli.eval.fourier_figures import plot_heatmap, plot_radial, plot_side_by_side
+from fastdino_cli.figures.fourier import plot_heatmap, plot_radial, plot_side_by_side
 from fastdino_cli.fileio import atomic_write
 
 EPS_CONVENTION = (

@@ -72,7 +72,7 @@ def read_run(run_dir: str | Path, label: str | None = None) -> RunData:
     if cfg_path.is_file():
         run.config = _guard(run, cfg_path, lambda: load_config_yaml(cfg_path.read_text()))
     if (root / "metrics.jsonl").is_file():
-        from fastdino_cli.train.figures import load_metrics
+        from fastdino_cli.figures.training import load_metrics
 
         run.metrics = _guard(run, root / "metrics.jsonl", lambda: load_metrics(root))
     run.probe = _guard(run, root / "probe.json", lambda: read_probe(root))
@@ -199,7 +199,7 @@ def flops_numbers(run: RunData, steps_done: int | None) -> dict[str, Any] | None
     """GFLOPs per training image and PFLOPs of the steps done, from ``train.flops``' plan."""
     if run.config is None:
         return None
-    from fastdino_cli.train.flops import plan_config
+    from fastdino_cli.train.plan import plan_config
 
     plan = plan_config(run.config)
     done = plan.total_steps if steps_done is None else min(steps_done, plan.total_steps)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fastdino_cli.eval.corruptions_common import gaussian, param, to_uint8, to_unit
+from fastdino_cli.eval.corruption.common import gaussian, param, to_uint8, to_unit
 
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
 # (alpha, sigma, affine max shift) in pixels; 244 (sic) is the original's constant

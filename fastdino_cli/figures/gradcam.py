@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 if TYPE_CHECKING:
-    from fastdino_cli.eval.gradcam_run import GradCamResult
+    from fastdino_cli.eval.gradcam.run import GradCamResult
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastdino_cli.eval.corruptions_common import param, to_uint8, to_unit
+from fastdino_cli.eval.corruption.common import param, to_uint8, to_unit
 
 GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)
 SHOT_NOISE = (60, 25, 12, 5, 3)

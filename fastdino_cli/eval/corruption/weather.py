@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval.corruptions_common import (
+from fastdino_cli.eval.corruption.common import (
     apply_motion_blur,
     clipped_zoom,
     gaussian,
@@ -42,7 +42,7 @@ SPATTER = (
     (0.65, 0.3, 1, 0.65, 1.5, 1),
     (0.67, 0.4, 1, 0.65, 1.5, 1),
 )
-FROST_DIR = Path(__file__).resolve().parent.parent / "data" / "assets" / "frost"
+FROST_DIR = Path(__file__).resolve().parents[2] / "data" / "assets" / "frost"
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
 
 

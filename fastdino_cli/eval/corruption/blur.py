@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastdino_cli.eval.corruptions_common import (
+from fastdino_cli.eval.corruption.common import (
     apply_motion_blur,
     clipped_zoom,
     disk_kernel,

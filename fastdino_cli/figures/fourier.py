@@ -1,8 +1,8 @@
 """Figures for Fourier heatmaps: one per checkpoint, side by side, radial profile.
 
-Drawing only; the numbers come from ``fastdino_cli.eval.fourier``. The side-by-side figure uses
-ONE colour scale for every checkpoint (and one colour bar), because comparing colours across
-panels with different scales is how frequency-bias figures mislead. Uses matplotlib's
+Drawing only; the numbers come from ``fastdino_cli.eval.fourier.basis``. The side-by-side
+figure uses ONE colour scale for every checkpoint (and one colour bar), because comparing colours
+across panels with different scales is how frequency-bias figures mislead. Uses matplotlib's
 object-oriented API (``Figure``) so no GUI backend or global pyplot state is involved.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fastdino_cli.eval.fourier import FourierResult, radial_profile
+from fastdino_cli.eval.fourier.basis import FourierResult, radial_profile
 
 CMAP = "jet"  # the colour map of Yin et al. and both public implementations
 DIVERGING = "RdBu_r"

@@ -25,15 +25,15 @@ from pathlib import Path
 import pandas as pd
 
 from fastdino_cli.errors import ConfigError
-from fastdino_cli.report_figures import (
+from fastdino_cli.figures.report import (
     corruption_bars,
     fourier_side_by_side,
     gradcam_agreement,
     gradcam_grid,
     training_curves,
 )
-from fastdino_cli.report_run import EvalSettings, commands, evaluation_steps
-from fastdino_cli.report_tables import (
+from fastdino_cli.report.steps import EvalSettings, commands, evaluation_steps
+from fastdino_cli.report.tables import (
     GROUP_NAMES,
     KNN_K,
     RunData,

@@ -26,9 +26,9 @@ from fastdino_cli import checkpoint as ckpt_mod
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.classifier import make_probe_entry, save_probe_entry
 from fastdino_cli.eval.features import FeatureRecipe, default_recipe, extract_features, model_hash
-from fastdino_cli.eval.knn import DEFAULT_KS, KnnResult, knn_classify
 from fastdino_cli.eval.labelled import check_same_classes, scan_labelled_folder
-from fastdino_cli.eval.linear import DEFAULT_LRS, LinearResult, linear_probe
+from fastdino_cli.eval.probe.knn import DEFAULT_KS, KnnResult, knn_classify
+from fastdino_cli.eval.probe.linear import DEFAULT_LRS, LinearResult, linear_probe
 
 
 @dataclass
@@ -205,7 +205,7 @@ def run_probe(
                 num_workers=num_workers, extract_batch_size=extract_batch_size, seed=seed,
             )  # fmt: skip
             if invariance:
-                from fastdino_cli.eval.invariance import measure_invariance
+                from fastdino_cli.eval.probe.invariance import measure_invariance
 
                 row.invariance = measure_invariance(
                     model, val_folder, recipe, ckpt.get("config") or {},
@@ -261,7 +261,7 @@ def _probe_one(
     common = dict(n_last_blocks=n_last_blocks, lrs=lrs, holdout=holdout, epochs=epochs,
                   batch_size=batch_size, seed=seed, device=device)  # fmt: skip
     if augment:
-        from fastdino_cli.eval.linear_augment import linear_probe_augmented
+        from fastdino_cli.eval.probe.linear_augment import linear_probe_augmented
 
         lin = linear_probe_augmented(
             model, train_folder, va, recipe, num_workers=num_workers, use_cache=use_cache,

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastdino_cli.report_run import EvalSettings, Step, evaluation_steps
+from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
 
 RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
 """Run folder -> preset; the baseline first: the report's relative changes are against it."""
@@ -77,7 +77,7 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
         last = _last_metrics(run_dir)
         finished = (run_dir / "final.pt").is_file() and int(last.get("step", -1)) + 1 >= total
         if finished:  # never reuse a run trained with another config (e.g. an older preset)
-            from fastdino_cli.train import run_dir as rd
+            from fastdino_cli import rundir as rd
 
             old = rd.load_config_yaml_dict(run_dir / "config.yaml")
             rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
@@ -274,7 +274,7 @@ def run_demo(
     from fastdino_cli.config import resolve_config
     from fastdino_cli.data.demo import build_demo_dataset
     from fastdino_cli.errors import ConfigError
-    from fastdino_cli.report import build_report
+    from fastdino_cli.report.build import build_report
 
     if steps_scale <= 0:
         raise ConfigError(f"steps_scale {steps_scale} must be positive")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from fastdino_cli.data.folders import read_rgb_or_fail
+from fastdino_cli.data.images import read_rgb_or_fail
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.features import (
     IMAGENET_MEAN,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastdino_cli.eval.corrupt_eval import CorruptEvalResult
-from fastdino_cli.eval.corruptions import ALL, GROUPS, corrupt, corruption_rng
+from fastdino_cli.eval.corruption.registry import ALL, GROUPS, corrupt, corruption_rng
+from fastdino_cli.eval.corruption.run import CorruptEvalResult
 
 
 def _plt():
@@ -148,8 +148,8 @@ def write_report(
     """CSV + JSON tables, the two accuracy figures and optionally the examples figure."""
     from PIL import Image
 
-    from fastdino_cli.eval.corrupt_eval import save_results
-    from fastdino_cli.eval.corruptions_data import center_crop_pil
+    from fastdino_cli.eval.corruption.data import center_crop_pil
+    from fastdino_cli.eval.corruption.run import save_results
 
     out = Path(out_dir)
     paths = save_results(result, out)
@@ -172,7 +172,7 @@ def write_report(
 def first_clean_image(folder: str | Path | None) -> Path:
     """The first image of a labelled folder, for ``--examples`` without ``--example-image``."""
     from fastdino_cli.errors import DataError
-    from fastdino_cli.eval.corruptions_data import list_labelled_images
+    from fastdino_cli.eval.corruption.data import list_labelled_images
 
     if folder is None:
         raise DataError("--examples needs a clean image: give --example-image PATH or --clean DIR")

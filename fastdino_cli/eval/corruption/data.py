@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastdino_cli.data.folders import read_rgb_or_fail
+from fastdino_cli.data.images import read_rgb_or_fail
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval.corruptions import corrupt, corruption_rng
+from fastdino_cli.eval.corruption.registry import corrupt, corruption_rng
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 CLEAN = "clean"

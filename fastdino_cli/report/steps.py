@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastdino_cli.report_tables import CHECKPOINT, CORRUPT_DIR, FOURIER_DIR, GRADCAM_DIR
+from fastdino_cli.report.tables import CHECKPOINT, CORRUPT_DIR, FOURIER_DIR, GRADCAM_DIR
 
 
 @dataclass
@@ -130,7 +130,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         )
 
     def probe() -> Any:
-        from fastdino_cli.eval.probe import run_probe
+        from fastdino_cli.eval.probe.run import run_probe
 
         train, val = data()
         return run_probe(
@@ -139,7 +139,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         )  # fmt: skip
 
     def corrupt_done() -> bool:
-        from fastdino_cli.eval.corruptions import parse_corruptions, parse_severities
+        from fastdino_cli.eval.corruption.registry import parse_corruptions, parse_severities
 
         path = run_dir / CORRUPT_DIR / "results.json"
         meta = _read_json(path).get("meta") or {}
@@ -151,8 +151,8 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         )
 
     def corrupt() -> Any:
-        from fastdino_cli.eval.corrupt_eval import corrupt_eval
-        from fastdino_cli.eval.corrupt_figures import write_report
+        from fastdino_cli.eval.corruption.run import corrupt_eval
+        from fastdino_cli.figures.corruption import write_report
 
         _, val = data()
         device = "cpu" if s.device == "auto" else s.device
@@ -175,7 +175,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         )
 
     def fourier() -> Any:
-        from fastdino_cli.eval.fourier_run import run_fourier_heatmaps
+        from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
 
         _, val = data()
         return run_fourier_heatmaps(
@@ -188,7 +188,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         return _newer(path, ckpt) and _newer(path, run_dir / "probe.json")
 
     def gradcam() -> Any:
-        from fastdino_cli.eval.gradcam_run import run_gradcam
+        from fastdino_cli.eval.gradcam.run import run_gradcam
 
         _, val = data()
         return run_gradcam(

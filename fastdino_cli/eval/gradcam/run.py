@@ -21,14 +21,14 @@ import torch
 from torch import Tensor
 
 from fastdino_cli.errors import CheckpointError, ConfigError, DataError
-from fastdino_cli.eval.gradcam import (
+from fastdino_cli.eval.gradcam.cam import (
     DEFAULT_TARGET_LAYER,
     class_targets,
     compute_cam,
     get_method,
     similarity_targets,
 )
-from fastdino_cli.eval.gradcam_inputs import (
+from fastdino_cli.eval.gradcam.inputs import (
     CamModel,
     Sample,
     class_prototypes,
@@ -341,7 +341,7 @@ def run_gradcam(
 
 def write_gradcam(result: GradCamResult, out_dir: str | Path) -> list[Path]:
     """Write ``gradcam.png`` (the grid), ``gradcam.json`` and one ``.npy`` per map."""
-    from fastdino_cli.eval.gradcam_figures import plot_gradcam_grid
+    from fastdino_cli.figures.gradcam import plot_gradcam_grid
 
     out = Path(out_dir)
     try:

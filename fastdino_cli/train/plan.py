@@ -38,8 +38,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdino_cli.config import Config, HeadConfig, ModelConfig
+from fastdino_cli.curriculum import resolve_stages, stage_starts
 from fastdino_cli.errors import ConfigError
-from fastdino_cli.train.curriculum import resolve_stages, stage_starts
 
 BACKWARD_FACTOR = 2.0
 """Backward costs twice the forward (gradients of inputs and of weights); student = 3x."""

@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from fastdino_cli.eval.corruptions import BENCHMARK
-from fastdino_cli.eval.corruptions_common import SEVERITIES
+from fastdino_cli.eval.corruption.common import SEVERITIES
+from fastdino_cli.eval.corruption.registry import BENCHMARK
 
 ALEXNET_ERR: dict[str, float] = {
     "gaussian_noise": 0.886428,

@@ -1,0 +1,1 @@
+"""Fourier error-sensitivity heatmaps (``run.run_fourier_heatmaps``)."""

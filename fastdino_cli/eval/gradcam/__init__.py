@@ -1,0 +1,1 @@
+"""Grad-CAM maps of ViT backbones (``run.run_gradcam``)."""

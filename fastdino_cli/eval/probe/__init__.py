@@ -1,0 +1,1 @@
+"""kNN and linear probes on frozen teacher features (``run.run_probe``)."""

@@ -1,0 +1,1 @@
+"""Every matplotlib figure fastdino draws, from stored results (compute never draws)."""

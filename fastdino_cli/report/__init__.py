@@ -1,0 +1,1 @@
+"""The comparison report of run directories and the demo that produces them."""
