@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.devices import DEVICE_HELP
 
 EXAMPLES = """
 Examples:\n
@@ -38,7 +39,7 @@ def corrupt_eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the on-the-fly corruptions.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 2,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     max_per_class: Annotated[
         int | None, typer.Option(min=1, help="Use at most N images per class.")
     ] = None,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.devices import DEVICE_HELP
 
 EXAMPLES = """
 Examples:
@@ -59,7 +60,7 @@ def fourier_command(
     radial: Annotated[
         bool, typer.Option("--radial", help="Also plot error vs frequency radius.")
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     bf16: Annotated[
         bool, typer.Option("--bf16", help="bfloat16 autocast for the forward passes (CUDA).")
     ] = False,

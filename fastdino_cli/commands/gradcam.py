@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.eval.gradcam.cam import DEFAULT_TARGET_LAYER, method_names
 from fastdino_cli.eval.gradcam.run import TARGET_HELP, run_gradcam
 
@@ -67,7 +68,7 @@ def gradcam_command(
     eigen_smooth: Annotated[
         bool, typer.Option(help="First principal component of the weighted activations.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for choosing --per-class images.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("gradcam_out"),
 ) -> None:

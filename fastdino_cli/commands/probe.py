@@ -11,6 +11,7 @@ import pandas as pd
 import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.errors import ConfigError
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -82,7 +83,7 @@ _Crop = Annotated[
     int | None,
     typer.Option("--crop", min=1, help="Eval crop (default the final-stage global crop)."),
 ]
-_Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+_Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 _Workers = Annotated[
     int, typer.Option("--workers", min=0, help="Data-loader workers for feature extraction.")
 ]

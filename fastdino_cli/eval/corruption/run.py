@@ -320,10 +320,12 @@ def _mean(per_c: pd.Series, subset: tuple[str, ...]) -> float:
     return float(np.mean(chosen)) if chosen else np.nan
 
 
-def corrupt_eval(checkpoints: list[str | Path], *, device: str = "cpu", **kwargs):
+def corrupt_eval(checkpoints: list[str | Path], *, device: str = "auto", **kwargs):
     """Load each checkpoint's probe classifier and call :func:`evaluate_classifiers`."""
+    from fastdino_cli.devices import resolve_device
     from fastdino_cli.eval.classifier import load_probe_classifier
 
+    device = str(resolve_device(device))
     models: dict[str, object] = {}
     for path in checkpoints:
         name = Path(path).stem if Path(path).stem not in models else str(path)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import ConfigError, DataError
 from fastdino_cli.eval.fourier.basis import (
     FourierResult,
@@ -58,19 +59,6 @@ class FourierRun:
     results: list[FourierResult]
     out: Path
     files: dict[str, list[Path]] = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r} is not a torch device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return dev
 
 
 def checkpoint_labels(paths: Sequence[Path]) -> list[str]:

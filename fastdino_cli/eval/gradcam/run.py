@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import CheckpointError, ConfigError, DataError
 from fastdino_cli.eval.gradcam.cam import (
     DEFAULT_TARGET_LAYER,
@@ -104,12 +105,6 @@ def _unique(names: list[str]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
     return out
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _class_index(model: CamModel, name: str, what: str) -> int:
@@ -222,7 +217,7 @@ def run_gradcam(
         samples = sample_per_class(data, per_class, seed=seed)
     else:
         raise DataError("no images given: pass --images FILE|DIR or --data DIR --per-class N")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     models = [c if isinstance(c, CamModel) else load_cam_model(c, device=dev) for c in checkpoints]
     if names:
         if len(names) != len(models):

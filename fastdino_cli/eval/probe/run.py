@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fastdino_cli import checkpoint as ckpt_mod
+from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.classifier import make_probe_entry, save_probe_entry
 from fastdino_cli.eval.features import FeatureRecipe, default_recipe, extract_features, model_hash
@@ -112,15 +113,6 @@ class ProbeReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "rows": [r.to_dict() for r in self.rows]}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use cpu")
-    return dev
 
 
 def random_init_backbone(arch: dict[str, Any], seed: int = 0) -> nn.Module:
