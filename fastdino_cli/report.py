@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.fileio import atomic_write, write_text
 from fastdino_cli.report_figures import (
     corruption_bars,
     fourier_side_by_side,
@@ -113,9 +114,9 @@ def build_report(
         "corruptions": _corruption_wide(runs),
     }
     for name, table in report.tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
+        atomic_write(out / f"{name}.csv", lambda f, t=table: t.to_csv(f, index=False), text=True)
     report.markdown = _render(report, out, settings, timings)
-    report.path.write_text(report.markdown)
+    write_text(report.path, report.markdown)
     return report
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fastdino_cli.fileio import write_text
 from fastdino_cli.report_tables import RunData, corruption_cells
 
 
@@ -153,5 +154,4 @@ def gradcam_agreement(runs: list[RunData]) -> dict[str, float]:
 
 
 def dump_json(obj, path: Path) -> Path:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return path
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

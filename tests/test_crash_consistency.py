@@ -90,8 +90,20 @@ def reference(tmp_path_factory, demo_data):
     return ckpt_io.load(out / "final.pt")["teacher"]
 
 
-def spawn(cfg_path: Path, log: Path, *extra: str, env: dict | None = None, group: bool = False):
-    cmd = [sys.executable, "-m", "fastdino_cli", "pretrain", "--config", str(cfg_path), *extra]
+def spawn(
+    cfg_path: Path,
+    log: Path,
+    *extra: str,
+    env: dict | None = None,
+    group: bool = False,
+    kill_in_save: int | None = None,
+):
+    """``fastdino pretrain --config CFG`` in a child process (SIGKILLed during its
+    ``kill_in_save``-th checkpoint save when given)."""
+    entry = ["-m", "fastdino_cli"]
+    if kill_in_save is not None:
+        entry = [str(ROOT / "tests" / "_kill_in_save.py"), str(kill_in_save)]
+    cmd = [sys.executable, *entry, "pretrain", "--config", str(cfg_path), *extra]
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -142,7 +154,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path, de
         start = saved_step(out)
         log = tmp_path / f"kill{attempt}.log"
         if attempt == 1:  # die inside the 2nd checkpoint write, temp file half written
-            proc = spawn(tmp_path / "cfg.yaml", log, env={"FASTDINO_TEST_KILL_IN_SAVE": "2"})
+            proc = spawn(tmp_path / "cfg.yaml", log, kill_in_save=2)
             assert proc.wait(timeout=600) == -signal.SIGKILL, log.read_text()[-2000:]
             partial = [p for p in temp_files(out) if p.name.startswith(".checkpoint.pt.")]
             assert len(partial) == 1 and partial[0].stat().st_size > 0
@@ -293,7 +305,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
                 return FillsUp(f)
         return f
 
-    monkeypatch.setattr(ckpt_io.os, "fdopen", fdopen)
+    monkeypatch.setattr(os, "fdopen", fdopen)  # what fileio.atomic_write opens
     code, err = _run_cli(capsys, ["pretrain", "--config", str(tmp_path / "cfg.yaml")])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert str(out / "checkpoint.pt") in err and "No space left on device" in err
