@@ -414,22 +414,34 @@ class _Settler:
         stop)."""
         record = pending.resolve()
         step, stop_requested = record["step"], record.pop("stop_requested")
+        weights_finite = record.pop("weights_finite")
         self.bad = 0 if record["finite"] else self.bad + 1
         self.reporter.step(
             record,
             wait=record.pop("data_wait_s"),
             stage_changed=step == self.start or _stage_starts(self.cfg, step, self.total),
         )
+        if not weights_finite:
+            raise TrainingDiverged(
+                f"step {step} made the weights non-finite (inf, nan or too large for float32; "
+                f"loss {record['loss']:.4g}); {self._last_good()}; lower optim.base_lr or "
+                "check the data"
+            )
         if not record["finite"]:
             warnings.warn(
                 f"step {step}: non-finite loss ({record['loss']}), step skipped", stacklevel=1
             )
             if self.bad >= self.cfg.train.max_bad_steps:
                 raise TrainingDiverged(
-                    f"{self.bad} consecutive non-finite losses (last at step {step}); the last "
-                    f"good checkpoint is {self.latest}; lower optim.base_lr or check the data"
+                    f"{self.bad} consecutive non-finite losses (last at step {step}); "
+                    f"{self._last_good()}; lower optim.base_lr or check the data"
                 )
         return record["finite"], stop_requested
+
+    def _last_good(self) -> str:
+        if self.latest.exists():
+            return f"the last good checkpoint is {self.latest}"
+        return "no checkpoint was written"
 
 
 def _stage_starts(cfg: Config, step: int, total: int) -> bool:
