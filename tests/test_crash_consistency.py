@@ -98,13 +98,20 @@ def spawn(
     env: dict | None = None,
     group: bool = False,
     kill_in_save: int | None = None,
+    pause_at: int | None = None,
 ):
-    """``fastdino pretrain --config CFG`` in a child process (SIGKILLed during its
-    ``kill_in_save``-th checkpoint save when given)."""
-    entry = ["-m", "fastdino_cli"]
+    """``fastdino pretrain --config CFG`` in a child process. With ``kill_in_save`` it is
+    SIGKILLed during its ``kill_in_save``-th checkpoint save (``tests/_kill_in_save.py``). With
+    ``pause_at`` it runs through ``tests/_pausing_pretrain.py``: once ``pause_at`` steps are
+    logged it writes ``gate(log)/paused`` and waits for a signal, so that it can never run past
+    that step before the test has acted, however fast the machine is."""
     if kill_in_save is not None:
-        entry = [str(ROOT / "tests" / "_kill_in_save.py"), str(kill_in_save)]
-    cmd = [sys.executable, *entry, "pretrain", "--config", str(cfg_path), *extra]
+        cli = [str(ROOT / "tests" / "_kill_in_save.py"), str(kill_in_save)]
+    elif pause_at is not None:
+        cli = [str(ROOT / "tests" / "_pausing_pretrain.py"), str(pause_at), str(gate(log))]
+    else:
+        cli = ["-m", "fastdino_cli"]
+    cmd = [sys.executable, *cli, "pretrain", "--config", str(cfg_path), *extra]
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -113,6 +120,11 @@ def spawn(
         stderr=subprocess.STDOUT,
         start_new_session=group,
     )
+
+
+def gate(log: Path) -> Path:
+    """Where a pausing child (``spawn(pause_at=...)``) and its test meet."""
+    return log.with_suffix(".gate")
 
 
 def logged(out: Path) -> int:
@@ -161,11 +173,12 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path, de
             assert len(partial) == 1 and partial[0].stat().st_size > 0
             assert saved_step(out) == start + 2  # the 1st save of this attempt, intact
             continue
-        proc = spawn(tmp_path / "cfg.yaml", log)
         new_lines = rng.randint(0, 2)  # 0: may die while importing or building the model
+        # killed at a random moment up to 2 steps later: the run waits there, never finishes
+        proc = spawn(tmp_path / "cfg.yaml", log, pause_at=start + new_lines + 2)
         wait_until(lambda n=new_lines, s=start: logged(out) >= s + n, proc, log)
         time.sleep(rng.uniform(0.0, 0.1))
-        assert proc.poll() is None, "the run finished before it could be killed"
+        assert proc.poll() is None, log.read_text()[-2000:]
         proc.kill()
         proc.wait()
     assert (out / ".lock").exists()  # left by a SIGKILLed owner: must not block
@@ -193,10 +206,11 @@ def test_sigterm_to_the_job_checkpoints_and_a_second_run_is_refused(
         start = saved_step(out)
         log = tmp_path / f"term{attempt}.log"
         # one data-loader worker: the signal reaches it too, as on a cluster
-        proc = spawn(tmp_path / "cfg.yaml", log, "data.num_workers=1", group=True)
         target = start + rng.randint(1, 3)
-        wait_until(lambda t=target: logged(out) >= t, proc, log)
-        assert proc.poll() is None
+        # the run waits after step `target` until the SIGTERM has reached its handler
+        proc = spawn(tmp_path / "cfg.yaml", log, "data.num_workers=1", group=True, pause_at=target)
+        wait_until(lambda g=gate(log): (g / "paused").exists(), proc, log)
+        assert proc.poll() is None and logged(out) == target, log.read_text()[-2000:]
         if attempt == 0:  # a second process on the same run directory refuses
             with pytest.raises(SystemExit) as e:
                 main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])
@@ -379,8 +393,11 @@ def test_lock_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
     with rd.RunLock(tmp_path) as held:
         old = time.time() - 1000
         os.utime(held.path, (old, old))
-        time.sleep(0.5)
-        assert time.time() - held.path.stat().st_mtime < 5
+        # wait for the heartbeat thread to touch it (no fixed sleep: it may be slow to run)
+        t0 = time.time()
+        while held.path.stat().st_mtime < old + 500:
+            assert time.time() - t0 < 600, "the heartbeat never touched the lock"
+            time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------
