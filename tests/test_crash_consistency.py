@@ -267,7 +267,7 @@ def test_lock_takes_over_dead_recycled_and_silent_foreign_owners(tmp_path):
 CONTENDER = """
 import os, socket, sys, time
 from pathlib import Path
-from fastdino_cli.train import run_dir as rd
+from fastdino_cli import rundir as rd
 
 run, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 base = run.parent
@@ -338,7 +338,7 @@ def test_two_processes_taking_over_a_stale_lock_exactly_one_wins(tmp_path):
 HOLDER = """
 import multiprocessing as mp, os, signal, sys, time
 from pathlib import Path
-from fastdino_cli.train import run_dir as rd
+from fastdino_cli import rundir as rd
 
 def child(base):  # a data-loader worker, forked while the lock is held
     (base / "child_ready").touch()

@@ -78,7 +78,7 @@ def pretrain_command(
     if preset is None and config is None:
         if out is None or not (out / "config.yaml").is_file():
             raise ConfigError("pass --preset NAME (see `fastdino presets list`) or --out RUN_DIR")
-        from fastdino_cli.train.run_dir import resolve_stored_paths
+        from fastdino_cli.rundir import resolve_stored_paths
 
         base = load_config_yaml((out / "config.yaml").read_text())
         cfg = _overlay(resolve_stored_paths(out, base.to_dict()), items)
