@@ -33,6 +33,38 @@ from fastdino_cli.config import DEMO_DATA_ALIAS, PATH_KEYS, absolute_path, deep_
 from fastdino_cli.errors import ConfigError, FastdinoError
 from fastdino_cli.fileio import TEMP_SUFFIX, atomic_write, write_text
 
+# --------------------------------------------------------------------------------------------
+# The layout: every file and folder name of a run directory, defined here and nowhere else
+# --------------------------------------------------------------------------------------------
+
+CONFIG = "config.yaml"
+"""The resolved config the run was started with (absolute paths)."""
+METRICS = "metrics.jsonl"
+"""One JSON record per logged step (the source of truth for curves and reports)."""
+CHECKPOINT = "checkpoint.pt"
+"""The latest resumable checkpoint (with ``train_state``)."""
+CHECKPOINTS_DIR = "checkpoints"
+"""Rotated copies ``checkpoints/step_XXXXXXXX.pt`` (``train.keep_checkpoints``)."""
+FINAL = "final.pt"
+"""The finished model (no ``train_state``); what every evaluation reads by default."""
+LOCK = ".lock"
+"""Held (``flock``) by the one process training in the directory."""
+PROBE_JSON = "probe.json"
+"""``fastdino probe``'s results for the run's final checkpoint."""
+CORRUPT_DIR = "corrupt-eval"
+"""``fastdino corrupt-eval``'s outputs."""
+FOURIER_DIR = "fourier"
+"""``fastdino fourier-heatmap``'s outputs."""
+GRADCAM_DIR = "gradcam"
+"""``fastdino gradcam``'s outputs."""
+EVAL_DIRS = (CORRUPT_DIR, FOURIER_DIR, GRADCAM_DIR)
+
+
+def step_copy_name(step: int) -> str:
+    """File name of the rotated checkpoint of ``step`` inside ``CHECKPOINTS_DIR``."""
+    return f"step_{step:08d}.pt"
+
+
 # Keys that change how a run is driven, not what it computes: they may differ on resume.
 RUN_CONTROL_KEYS = (
     "preset",
