@@ -10,7 +10,7 @@ FastDINOv2 presets) and its last stage (224/96 with noise patching), in four con
     exact     full-scale decode (``data.fast_decode=false``), OpenCV photometric ops, uint8 crops
     fast_f32  reduced-scale JPEG decode, OpenCV photometric ops, normalised float32 crops built
               in the worker (the pipeline before crops stayed 8-bit until the device)
-    fast      reduced-scale JPEG decode (``data/decode.py``), OpenCV photometric ops, uint8
+    fast      reduced-scale JPEG decode (``data/jpeg_scale.py``), OpenCV photometric ops, uint8
               crops (the default: normalised on the training device)
 
 ``stage1_sample_bytes`` is what one stage-1 sample hands on to the collate function, the
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.config import resolve_config  # noqa: E402
 from fastdino_cli.data import multicrop  # noqa: E402
-from fastdino_cli.data.decode import reduction  # noqa: E402
+from fastdino_cli.data.jpeg_scale import reduction  # noqa: E402
 from fastdino_cli.data.multicrop import MultiCropDataset  # noqa: E402
 from fastdino_cli.data.photometric import apply_photometric_hwc, augment_crop  # noqa: E402
 

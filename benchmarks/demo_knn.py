@@ -22,16 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.checkpoint import load_teacher_backbone  # noqa: E402
 from fastdino_cli.data.demo import resolve_data_root  # noqa: E402
-from fastdino_cli.data.images import load_rgb, scan_labelled  # noqa: E402
+from fastdino_cli.data.images import load_rgb  # noqa: E402
+from fastdino_cli.data.labelled import scan_labelled_folder  # noqa: E402
 from fastdino_cli.model.vit import build_vit_from_arch  # noqa: E402
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
 def _images(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lab = scan_labelled(root)
+    lab = scan_labelled_folder(root)
     xs = []
-    for f in lab.files:
+    for f in lab.paths:
         img = load_rgb(f).resize((size, size))
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
         xs.append((x - MEAN.view(3, 1, 1)) / STD.view(3, 1, 1))

@@ -30,8 +30,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.config import ModelConfig  # noqa: E402
+from fastdino_cli.data.labelled import scan_labelled_folder  # noqa: E402
 from fastdino_cli.eval.features import FeatureRecipe, Features, extract_features  # noqa: E402
-from fastdino_cli.eval.labelled import scan_labelled_folder  # noqa: E402
 from fastdino_cli.eval.probe.linear import DEFAULT_LRS, train_linear_grid  # noqa: E402
 from fastdino_cli.model.vit import build_vit  # noqa: E402
 

@@ -30,3 +30,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def odd_images(tmp_path_factory):
+    """Unusual but valid images every reader must convert, not reject (``test_images.py``,
+    ``test_cli_errors.py``): name -> (file, the RGB value its pixels must decode to)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("odd") / "c"
+    root.mkdir()
+    out = {}
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(root / "cmyk.jpg", quality=100)
+    out["cmyk"] = (root / "cmyk.jpg", (255, 0, 0))
+    Image.new("L", (40, 30), 100).save(root / "gray.png")
+    out["gray"] = (root / "gray.png", (100, 100, 100))
+    Image.fromarray(np.full((30, 40), 30000, dtype=np.uint16)).save(root / "g16.png")
+    v = round(30000 / 65535 * 255)
+    out["16bit"] = (root / "g16.png", (v, v, v))
+    pal = Image.new("P", (40, 30), 0)
+    pal.putpalette([0, 0, 255] + [0] * 765)
+    pal.save(root / "pal.png", transparency=1)
+    out["palette"] = (root / "pal.png", (0, 0, 255))
+    Image.new("RGB", (6000, 4000), (30, 60, 90)).save(root / "huge.jpg", quality=95)
+    out["huge"] = (root / "huge.jpg", (30, 60, 90))
+    return out

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fastdino_cli import checkpoint as ck
+from fastdino_cli.data.labelled import scan_labelled_folder
 from fastdino_cli.errors import CheckpointError
 from fastdino_cli.eval.classifier import ProbeClassifier, load_probe_classifier
-from fastdino_cli.eval.labelled import scan_labelled_folder
 from fastdino_cli.eval.probe.run import run_probe
 from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401
 

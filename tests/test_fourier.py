@@ -327,8 +327,8 @@ def test_cli_end_to_end_writes_arrays_metadata_and_figures(
 
     from PIL import Image
 
+    from fastdino_cli.data.labelled import scan_labelled_folder
     from fastdino_cli.eval.classifier import load_probe_classifier
-    from fastdino_cli.eval.labelled import scan_labelled_folder
 
     out = tmp_path / "out"
     argv = ["fourier-heatmap", str(probed_checkpoint), "--data", str(demo_data.val)]

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig, StageConfig
-from fastdino_cli.data.images import UnreadableImage, load_rgb, scan_images, scan_labelled
+from fastdino_cli.data.images import scan_images
 from fastdino_cli.data.masking import MultiCropCollate
 from fastdino_cli.data.multicrop import (
     MultiCropDataset,
@@ -197,25 +197,3 @@ def test_empty_or_unreadable_folders_are_one_line_errors(tmp_path):
     )
     with pytest.raises(DataError, match="could be read"):
         ds[(0, 0)]
-
-
-def test_odd_image_modes_become_rgb(tmp_path):
-    Image.new("CMYK", (10, 8), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
-    Image.new("L", (10, 8), 77).save(tmp_path / "gray.png")
-    Image.fromarray(np.full((8, 10), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
-    Image.new("RGBA", (10, 8), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
-    Image.new("P", (10, 8), 3).save(tmp_path / "pal.gif")
-    for f in sorted(tmp_path.iterdir()):
-        img = load_rgb(f)
-        assert img.mode == "RGB" and img.size == (10, 8), f
-    assert np.asarray(load_rgb(tmp_path / "deep.png")).max() == 255
-    assert np.asarray(load_rgb(tmp_path / "gray.png"))[0, 0].tolist() == [77, 77, 77]
-    with pytest.raises(UnreadableImage):
-        (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n")
-        load_rgb(tmp_path / "x.png")
-
-
-def test_labelled_folder_layout(demo_data):
-    lab = scan_labelled(demo_data.train)
-    assert lab.class_names == sorted(demo_data.class_names)
-    assert len(lab.files) == demo_data.num_train and len(set(lab.labels)) == 10

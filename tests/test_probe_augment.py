@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastdino_cli.data.labelled import scan_labelled_folder
 from fastdino_cli.eval.classifier import load_probe_classifier
 from fastdino_cli.eval.features import FeatureRecipe
-from fastdino_cli.eval.labelled import scan_labelled_folder
 from fastdino_cli.eval.probe.linear_augment import train_transform
 from fastdino_cli.eval.probe.run import run_probe
 from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401

@@ -8,9 +8,9 @@ from PIL import Image
 
 from fastdino_cli import checkpoint as ck
 from fastdino_cli.config import CropsConfig
+from fastdino_cli.data.labelled import scan_labelled_folder
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.features import default_recipe
-from fastdino_cli.eval.labelled import scan_labelled_folder
 from fastdino_cli.eval.probe.invariance import (
     STRATEGIES,
     measure_invariance,

@@ -1,22 +1,36 @@
-"""Image folders and the bad-file policy.
+"""THE image reader: which files are images, how folders are walked, how a file is decoded.
 
-- Unlabelled: any folder tree of images (pretraining needs no labels).
-- Labelled: the ImageFolder layout ``ROOT/<class>/<image>`` (probes and evaluations).
+Pretraining and every evaluation (probe, corrupt-eval, fourier-heatmap, gradcam) find and decode
+images here, so one folder gives every subcommand the same files and the same pixels:
 
-Files are found by extension, by the one walk ``walk_image_files`` that every reader uses (each
-real directory is visited once: symlink cycles are not followed). Decoding happens lazily in
-``load_rgb``; an unreadable, truncated or non-image file raises ``UnreadableImage`` there so
-callers can skip it, count it and report it at the end instead of dying halfway through a run.
-Grayscale, palette, CMYK, 16-bit and float images are converted to 8-bit RGB; very large images
-are decoded (the decompression-bomb guard is lifted for our own reads) and, for JPEGs, decoded
-at reduced scale when ``draft_size`` allows.
+- **Which files**: ``IMAGE_EXTENSIONS``, matched case-insensitively (``.JPEG`` counts). Hidden
+  files and folders (``.name``) are skipped.
+- **Which folders**: every depth below the root. Symlinked files and folders are followed; each
+  real directory is listed once, by the path that does not go through a link when there is one
+  (``walk_image_trees``): a symlink loop, or a link to a folder already in the tree, adds nothing.
+- **Decoding** (``load_rgb``): any PIL mode to 8-bit RGB; JPEGs at reduced scale when a
+  ``jpeg_scale.DecodeSpec`` allows it (training's low-resolution stages); one pixel limit,
+  ``MAX_PIXELS``, checked on the header before anything is allocated.
+- **Bad files**: ``load_rgb`` raises ``UnreadableImage``. Pretraining skips and counts it (the
+  dataset moves to the next file; the loop reports the total); evaluations call
+  ``read_rgb_or_fail``, a one-line ``DataError`` naming the file, since a probe or an accuracy
+  over a silently shrunken set would be wrong.
+
+Labelled folders (class sub-folders, FastDINOv2's ``labels.txt + val/`` variant, ImageNet-C
+splits) are in the sibling ``data/labelled.py``, built on ``walk_image_trees``: one module would
+pass the ~400 lines a module should hold, and the labelled layouts change for other reasons
+(label order, layout variants) than decoding does.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
+import struct
+import threading
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from fastdino_cli.data.demo import resolve_data_root
+from fastdino_cli.data.jpeg_scale import DecodeSpec, draft_request, reduction
 from fastdino_cli.errors import DataError
 
 IMAGE_EXTENSIONS = (
@@ -39,16 +54,22 @@ IMAGE_EXTENSIONS = (
     ".pgm",
     ".pbm",
 )
+"""Lower-case suffixes of image files: torchvision ``ImageFolder``'s list plus ``.gif`` and
+``.pbm``, which Pillow decodes as well (a GIF gives its first frame)."""
 
-
-MAX_PIXELS = 1 << 30
-"""PIL's decompression-bomb guard for our reads: PIL refuses images above twice this (2.1
-gigapixels, ~6 GB as RGB) as unreadable instead of running out of memory; anything a camera,
-scanner or panorama produces decodes, silently (PIL's default warns at 89 megapixels)."""
+MAX_PIXELS = 1 << 31
+"""The one decompression-bomb limit of every read: an image whose header claims more pixels
+(2.1 gigapixels, 6.4 GB as RGB) is unreadable instead of exhausting memory. PIL's own guard
+(warning at 89 megapixels, refusing at 179) is lifted for our reads, so anything a camera,
+scanner or panorama produces decodes, silently."""
 
 
 class UnreadableImage(Exception):
-    """A file that could not be decoded as an image."""
+    """A file that could not be decoded as an image: ``path`` and a one-line ``reason``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -82,143 +103,147 @@ def dir_id(path: str | Path) -> DirId:
     return (st.st_dev, st.st_ino)
 
 
-def walk_image_files(
-    top: str | Path,
-    *,
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    recursive: bool = True,
-    seen: set[DirId] | None = None,
-) -> list[Path]:
-    """THE image-folder walk: every image file under ``top``, sorted; used by every reader.
+def walk_image_trees(
+    tops: Sequence[str | Path], *, fenced: Sequence[str | Path] = ()
+) -> list[list[Path]]:
+    """THE walk: the image files under each of ``tops`` (sorted), each real directory once.
 
-    Symlinked files and folders are followed, but each real directory is visited once: a link
-    back to a parent (a cycle) or to a folder already visited is skipped. ``os.walk`` with
-    ``followlinks=True`` instead follows a cycle until the path is too long, counting the same
-    images dozens of times (and, in a labelled folder, under other classes' labels).
+    The tops (e.g. the class folders of a labelled dataset) are always walked. Below them,
+    plain folders are listed first, all tops together; folders reached through a symlink come
+    after, in path order, and only if their real directory was not listed yet. So a link into
+    the tree (to a parent: a cycle; to another class folder or one of its sub-folders) adds
+    nothing, and a file is found by its real path and, in a labelled folder, under the class it
+    really sits in, whatever order the file system lists entries in. Links leading outside the
+    tree are followed. ``os.walk(followlinks=True)`` instead follows a cycle until the path is
+    too long, counting the same images dozens of times (under other classes' labels).
 
-    Args:
-        top: the folder to walk (always walked, even when ``seen`` holds it).
-        extensions: lower-case file suffixes that count as images.
-        recursive: False lists ``top`` only.
-        seen: directories not to enter, updated with those visited; pass one set to several
-            walks so that together they visit each real directory once.
-
-    Hidden files and folders (``.name``) are skipped. A folder that cannot be listed is a
-    ``DataError`` naming it.
+    ``fenced``: folders never entered below the tops (a labelled folder's root, so that a link
+    from a class folder up to it does not give the root's loose files a label). Symlinked files
+    are kept (a file linked from two places is listed twice). A folder that cannot be listed is
+    a ``DataError`` naming it.
     """
-    top = Path(top)
-    seen = set() if seen is None else seen
-    try:
-        seen.add(dir_id(top))
-    except OSError as e:
-        walk_error(e)
-    out: list[Path] = []
-    stack = [top]
-    while stack:
-        folder = stack.pop()
+    roots = [Path(t) for t in tops]
+    seen: set[DirId] = set()
+    for top in (*roots, *map(Path, fenced)):
         try:
-            with os.scandir(folder) as it:
-                entries = list(it)
+            seen.add(dir_id(top))
         except OSError as e:
             walk_error(e)
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
+    found: list[list[Path]] = [[] for _ in roots]
+    stack = [(i, top) for i, top in reversed(list(enumerate(roots)))]
+    links: list[tuple[str, int, Path]] = []  # heap of folders behind symlinks, by path
+    while stack or links:
+        if not stack:
+            _, owner, link = heapq.heappop(links)
             try:
-                is_dir = entry.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if not is_dir:
-                if entry.name.lower().endswith(extensions):
-                    out.append(folder / entry.name)
-                continue
-            if not recursive:
-                continue
-            try:
-                key = dir_id(entry.path)
+                key = dir_id(link)
             except OSError:
                 continue  # a link that loops on itself or leads nowhere
             if key not in seen:
                 seen.add(key)
-                stack.append(folder / entry.name)
-    out.sort()
-    return out
-
-
-def class_folders(root: str | Path) -> list[str]:
-    """The class names of a labelled folder: its non-hidden sub-folders, sorted."""
-    root = Path(root)
-    try:
-        return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    except OSError as e:
-        walk_error(e)
-
-
-def walk_labelled(
-    root: str | Path,
-    *,
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    recursive: bool = True,
-    exclude: tuple[str, ...] = (),
-) -> dict[str, list[Path]]:
-    """``ROOT/<class>/**/<image>`` -> {class: sorted images}, classes sorted (empty ones kept).
-
-    One ``seen`` set spans the whole folder and starts with the root and every class folder, so
-    a link from one class into another or up to the root is not followed: each image gets one
-    label, the one of the class folder it really sits in.
-    """
-    root = Path(root)
-    names = [n for n in class_folders(root) if n not in exclude]
-    seen: set[DirId] = set()
-    for folder in (root, *(root / n for n in names)):
+                stack.append((owner, link))
+            continue
+        owner, folder = stack.pop()
         try:
-            seen.add(dir_id(folder))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             walk_error(e)
-    return {
-        n: walk_image_files(root / n, extensions=extensions, recursive=recursive, seen=seen)
-        for n in names
-    }
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = folder / entry.name
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()  # is_dir follows links
+            except OSError:
+                is_dir, is_link = False, False
+            if not is_dir:
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    found[owner].append(path)
+            elif is_link:
+                heapq.heappush(links, (str(path), owner, path))
+            else:
+                try:
+                    key = dir_id(path)
+                except OSError:
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    subfolders.append(path)
+        stack.extend((owner, sub) for sub in reversed(subfolders))
+    for files in found:
+        files.sort()
+    return found
 
 
-def scan_images(root: str | Path) -> list[Path]:
-    """Every image file under ``root`` (any depth, hidden folders skipped), sorted."""
-    root = Path(root)
-    out = walk_image_files(root)
-    if not out:
-        raise DataError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found under {root}"
-        )
-    return out
+def walk_image_files(top: str | Path) -> list[Path]:
+    """Every image file under ``top``, any depth, sorted (``walk_image_trees`` for one top)."""
+    return walk_image_trees([top])[0]
 
 
-@dataclass
-class LabelledImages:
-    """An ImageFolder-layout dataset listing."""
+def scan_images(source: str | Path) -> list[Path]:
+    """The unlabelled images of ``source`` (pretraining's ``data.train``, gradcam's folders).
 
-    root: Path
-    files: list[Path]
-    labels: list[int]
-    class_names: list[str]
-
-
-def scan_labelled(root: str | Path) -> LabelledImages:
-    """``ROOT/<class>/**/<image>``: classes are the sorted sub-folder names."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"labelled data folder {root} does not exist or is not a folder")
-    per_class = walk_labelled(root)
-    if not per_class:
-        raise DataError(
-            f"{root} has no class sub-folders; expected the layout {root}/<class>/<img>"
-        )
-    files, labels = [], []
-    for ci, found in enumerate(per_class.values()):
-        files += found
-        labels += [ci] * len(found)
+    A folder: every image file below it (``walk_image_files``); no image at all is a
+    ``DataError``.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = walk_image_files(source)
+    elif source.exists():
+        # Issue 24 (curate) adds the other input here: a `.txt` file listing image paths.
+        raise DataError(f"data path {source} is not a folder; point it at a folder of images")
+    else:
+        raise DataError(f"data folder {source} does not exist")
     if not files:
-        raise DataError(f"no image files found in the class folders of {root}")
-    return LabelledImages(root, files, labels, list(per_class))
+        raise DataError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found under {source}"
+        )
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+# --------------------------------------------------------------------------------------------
+
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limit_saved: int | None = None
+
+
+@contextmanager
+def _pil_guard_lifted() -> Iterator[None]:
+    """PIL's global decompression-bomb guard off while we read (``MAX_PIXELS`` replaces it).
+
+    PIL checks the module global ``Image.MAX_IMAGE_PIXELS`` when it opens a file (and per GIF
+    frame); reference-counted so that threads reading at once restore the user's value last.
+    """
+    global _limit_users, _limit_saved
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _limit_users += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _limit_saved
+
+
+_DECODE_ERRORS = (
+    OSError,  # also PIL.UnidentifiedImageError
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    struct.error,
+    MemoryError,
+    Image.DecompressionBombError,
+)
+"""What Pillow raises on truncated, corrupt or non-image files (and on allocation failure)."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -239,26 +264,45 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Decode ``path`` to an 8-bit RGB PIL image or raise ``UnreadableImage``.
+def load_rgb(path: str | Path, jpeg_scale: DecodeSpec | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB PIL image or raise ``UnreadableImage``: THE decoder.
 
-    ``draft_size``: for JPEGs, let the decoder downscale by a power of two as long as both
-    sides stay at least this large (Pillow ``draft``).
+    ``jpeg_scale``: what the crops made from this image need (pretraining passes its stage's
+    ``DecodeSpec``); a JPEG is then decoded at 1/2, 1/4 or 1/8 scale as far as
+    ``jpeg_scale.reduction`` allows. Other formats, and ``None``, decode at full size. An image
+    whose header claims more than ``MAX_PIXELS`` pixels is refused before it is decoded.
     """
-    old = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-        with warnings.catch_warnings():
+        with _pil_guard_lifted(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                if draft_size and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise UnreadableImage(
+                        path,
+                        f"its header claims {w}x{h} = {w * h:,} pixels, over the limit of "
+                        f"{MAX_PIXELS:,} (a decompression bomb or an image too large to decode)",
+                    )
+                if jpeg_scale is not None and img.format == "JPEG":
+                    f = reduction(h, w, jpeg_scale)
+                    if f > 1:
+                        img.draft("RGB", draft_request(h, w, f))
                 img.load()
                 return _to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"{path}: {e}") from e
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+    except _DECODE_ERRORS as e:
+        raise UnreadableImage(path, _reason(e, path)) from e
+
+
+def _reason(e: BaseException, path: str | Path) -> str:
+    """One short line saying why ``path`` did not decode (without repeating the path)."""
+    if isinstance(e, MemoryError):
+        return "not enough memory to decode it"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror  # e.g. "No such file or directory", "Permission denied"
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    return lines[0].replace(f" {str(path)!r}", "").replace(str(path), "the file")[:160]
 
 
 def read_rgb_or_fail(path: str | Path) -> Image.Image:
@@ -267,9 +311,9 @@ def read_rgb_or_fail(path: str | Path) -> Image.Image:
     try:
         return load_rgb(path)
     except UnreadableImage as e:
-        cause = e.__cause__ or e
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:160]
-        raise DataError(f"cannot read image {path}: {reason}; remove or replace the file") from None
+        raise DataError(
+            f"cannot read image {path}: {e.reason}; remove or replace the file"
+        ) from None
 
 
 def first_readable(files: list[Path], limit: int | None = None) -> int:

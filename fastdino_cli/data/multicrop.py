@@ -41,8 +41,8 @@ from torch.utils.data import Dataset, Sampler
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig
 from fastdino_cli.curriculum import resolve_stages, stage_index_at_step
-from fastdino_cli.data.decode import load_rgb_for_crops, spec_for_stage
-from fastdino_cli.data.images import UnreadableImage
+from fastdino_cli.data.images import UnreadableImage, load_rgb
+from fastdino_cli.data.jpeg_scale import spec_for_stage
 from fastdino_cli.data.masking import CropSample
 from fastdino_cli.data.photometric import augment_crop
 from fastdino_cli.errors import DataError
@@ -293,7 +293,7 @@ class MultiCropDataset(Dataset):
         for k in range(n):
             path = self.files[(index + k) % n]
             try:
-                image = load_rgb_for_crops(path, self.decode_specs[stage])
+                image = load_rgb(path, self.decode_specs[stage])
                 break
             except UnreadableImage:
                 skipped.append(str(path))

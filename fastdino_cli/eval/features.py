@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from fastdino_cli.data.labelled import LabelledFolder
 from fastdino_cli.errors import DataError
-from fastdino_cli.eval.labelled import LabelledFolder
 from fastdino_cli.fileio import atomic_write
 
 CACHE_VERSION = 1

@@ -4,7 +4,8 @@ corrupted on the fly in data-loader workers.
 Released layout (Zenodo record 2235448): ``ROOT/<corruption>/<severity>/<class>/*.JPEG``.
 FastDINOv2's mini-ImageNet-C variant inserts a ``val/`` level and a ``labels.txt``:
 ``ROOT/<corruption>/<severity>/{labels.txt, val/<class>/*}``. Both are read by
-:func:`find_imagenet_c`. On-the-fly corruption follows the original pipeline: the classifier's
+:func:`find_imagenet_c`, each split as a labelled folder of ``data/labelled.py`` (the reader of
+every evaluation). On-the-fly corruption follows the original pipeline: the classifier's
 eval transform (resize + centre crop) first, then the corruption on the uint8 crop; with
 ``write_root`` each corrupted crop is also stored as JPEG quality 85 (``optimize=True``, as the
 original) in the released layout, so the set can be reused with ``--imagenet-c``.
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastdino_cli.data.images import read_rgb_or_fail, walk_labelled
+from fastdino_cli.data.images import read_rgb_or_fail
+from fastdino_cli.data.labelled import LabelledFolder, read_labels_txt, scan_labelled_folder
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.corruption.registry import corrupt, corruption_rng
 from fastdino_cli.fileio import atomic_write
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 CLEAN = "clean"
 
 PilTransform = Callable[[Image.Image], np.ndarray]  # PIL image -> HxWx3 uint8 crop
@@ -47,29 +48,16 @@ class Task:
     severity: int
 
 
-def list_labelled_images(root: str | Path, max_per_class: int | None = None) -> list[Sample]:
-    """``root/<class>/<image>`` files (one level, as the released sets), sorted by class then
-    name; a ``val/`` folder beside the classes (FastDINOv2's layout) is not a class."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder; give a labelled folder root/<class>/<image>")
-    samples: list[Sample] = []
-    per_class = walk_labelled(root, extensions=IMAGE_EXTENSIONS, recursive=False, exclude=("val",))
-    for name, files in per_class.items():
-        samples += [Sample(f, name) for f in files[:max_per_class]]
-    if not samples:
-        raise DataError(f"{root} holds no images in class sub-folders root/<class>/<image>")
-    return samples
+def _samples(folder: LabelledFolder, max_per_class: int | None) -> list[Sample]:
+    return [Sample(p, c) for p, c in folder.first_per_class(max_per_class).samples()]
 
 
-def read_labels_txt(path: Path) -> dict[str, str]:
-    """FastDINOv2/DINOv2 ``labels.txt``: one ``<wnid>,<readable name>`` per line."""
-    mapping: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            key, _, name = line.partition(",")
-            mapping[key.strip()] = name.strip() or key.strip()
-    return mapping
+def list_labelled_images(
+    root: str | Path, max_per_class: int | None = None, *, what: str = "labelled"
+) -> list[Sample]:
+    """The images of a labelled folder (``data.labelled.scan_labelled_folder``: any depth,
+    FastDINOv2's ``labels.txt + val/`` unwrapped), at most ``max_per_class`` of each class."""
+    return _samples(scan_labelled_folder(root, what=what, min_classes=1), max_per_class)
 
 
 def find_imagenet_c(
@@ -80,7 +68,9 @@ def find_imagenet_c(
 ) -> tuple[dict[Task, list[Sample]], dict[str, str]]:
     """Samples per (corruption, severity) in a released (or FastDINOv2-style) ImageNet-C root.
 
-    Returns the samples per task and the ``labels.txt`` mapping (empty without one).
+    Each ``ROOT/<corruption>/<severity>`` is one labelled folder, read like any other
+    (``scan_labelled_folder``). Returns the samples per task and the ``labels.txt`` mapping
+    (empty without one).
     """
     root = Path(root)
     if not root.is_dir():
@@ -100,10 +90,10 @@ def find_imagenet_c(
                     f"{folder} is missing: severity {severity} of {name!r} is not in this "
                     "ImageNet-C root (select the ones it has with --severities)"
                 )
-            if (folder / "labels.txt").is_file():
-                labels.update(read_labels_txt(folder / "labels.txt"))
-            images = folder / "val" if (folder / "val").is_dir() else folder
-            sets[Task(name, severity)] = list_labelled_images(images, max_per_class)
+            split = scan_labelled_folder(folder, what="ImageNet-C split", min_classes=1)
+            if split.labels_txt is not None:
+                labels.update(read_labels_txt(split.labels_txt))
+            sets[Task(name, severity)] = _samples(split, max_per_class)
     return sets, labels
 
 

@@ -116,8 +116,8 @@ def load_eval_images(
 
     Returns (images (M, 3, S, S), labels (M,), relative paths, folder fingerprint).
     """
+    from fastdino_cli.data.labelled import scan_labelled_folder
     from fastdino_cli.eval.features import eval_transform
-    from fastdino_cli.eval.labelled import scan_labelled_folder
 
     folder = scan_labelled_folder(data, what="--data")
     missing = [c for c in folder.class_names if c not in class_names]

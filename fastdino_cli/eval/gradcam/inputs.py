@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from fastdino_cli.data.images import read_rgb_or_fail, walk_image_files, walk_labelled
+from fastdino_cli.data.images import read_rgb_or_fail, scan_images
+from fastdino_cli.data.labelled import scan_labelled_folder
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.features import (
     IMAGENET_MEAN,
@@ -26,7 +27,6 @@ from fastdino_cli.eval.features import (
     default_recipe,
     eval_transform,
 )
-from fastdino_cli.eval.labelled import IMAGE_EXTENSIONS, resolve_layout
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,7 @@ def list_images(paths: Sequence[str | Path]) -> list[Sample]:
             listed = [p.parent / ln for ln in lines if ln and not ln.startswith("#")]
             samples += list_images(listed) if listed else []
         elif p.is_dir():
-            found = walk_image_files(p, extensions=IMAGE_EXTENSIONS)
-            if not found:
-                raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {p}")
-            samples += [Sample(f) for f in found]
+            samples += [Sample(f) for f in scan_images(p)]  # the pretraining reader's files
         elif p.exists():
             samples.append(Sample(p))
         else:
@@ -63,19 +60,9 @@ def list_images(paths: Sequence[str | Path]) -> list[Sample]:
 
 
 def labelled_classes(root: str | Path) -> dict[str, list[Path]]:
-    """``root/<class>/**/image`` -> {class: sorted images}; empty classes are left out.
-
-    FastDINOv2's ``<level>/{labels.txt, val/}`` layout is unwrapped as by the probes.
-    """
-    given = Path(root)
-    if not given.is_dir():
-        raise DataError(f"labelled folder {given} does not exist or is not a folder")
-    root = resolve_layout(given)
-    per_class = walk_labelled(root, extensions=IMAGE_EXTENSIONS)
-    classes = {k: v for k, v in per_class.items() if v}
-    if not classes:
-        raise DataError(f"{given} holds no class folders with images (expected {given}/<class>/*)")
-    return classes
+    """``root/<class>/**/image`` -> {class: sorted images}: the probes' reader
+    (``data.labelled.scan_labelled_folder``), a single class allowed."""
+    return scan_labelled_folder(root, what="labelled", min_classes=1).by_class()
 
 
 def sample_per_class(root: str | Path, per_class: int, seed: int = 0) -> list[Sample]:

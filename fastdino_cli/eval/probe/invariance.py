@@ -35,9 +35,9 @@ from torchvision.transforms import functional as TF
 from torchvision.transforms import v2 as T
 
 from fastdino_cli.config import CropsConfig
+from fastdino_cli.data.labelled import LabelledFolder
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.features import FeatureRecipe, autocast_for, eval_transform
-from fastdino_cli.eval.labelled import LabelledFolder
 
 STRATEGIES = ("original", "shared", "crop-resize", "crop")
 ViewFn = Callable[[Image.Image, int], list[Tensor]]

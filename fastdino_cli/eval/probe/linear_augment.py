@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
+from fastdino_cli.data.labelled import LabelledFolder
 from fastdino_cli.eval.features import (
     FeatureRecipe,
     Features,
@@ -26,7 +27,6 @@ from fastdino_cli.eval.features import (
     probe_features,
     raise_decode_errors,
 )
-from fastdino_cli.eval.labelled import LabelledFolder
 from fastdino_cli.eval.probe.linear import (
     DEFAULT_LRS,
     GridTrainer,

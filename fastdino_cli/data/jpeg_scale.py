@@ -1,4 +1,7 @@
-"""Reduced-scale JPEG decoding for low-resolution curriculum stages.
+"""How far a JPEG may be downscaled while it decodes, for low-resolution curriculum stages.
+
+Pure arithmetic (no file is opened here): ``images.load_rgb(path, spec)`` is the one decoder
+and asks ``reduction`` / ``draft_request`` which scale to request from libjpeg.
 
 Why: FastDINOv2's first stage trains on 112 px global and 48 px local crops, yet every sample
 starts by decoding the full JPEG (~500x375 on ImageNet) and cropping / resizing it ten times,
@@ -34,7 +37,7 @@ For a 500x375 JPEG: stage 1 (112 px at s <= 1, 48 px at s <= 0.32) gives
 upsamples those that fall under their output size, and the fast path keeps their low
 frequencies, which are all a small crop retains. Measured on skimage photographs at 500x375
 (same box in normalised coordinates), fast vs exact crops: PSNR 45.7 dB mean / 36.2 dB worst at
-112 px, 49.2 / 36.1 dB at 48 px (``tests/test_decode.py`` asserts 40 dB mean, 32 dB worst).
+112 px, 49.2 / 36.1 dB at 48 px (``tests/test_jpeg_scale.py`` asserts 40 dB mean, 32 dB worst).
 
 Gaussian noise patching (FastDINOv2 stage 2) is defined per pixel of the full decoded image
 (SPEC section 2); a reduced decode would change its spatial scale, so stages with noise patching
@@ -45,13 +48,7 @@ always decode at full scale (``reduction`` returns 1). Non-JPEG files decode at 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
-
-from PIL import Image
-
-from fastdino_cli.data.images import UnreadableImage, _to_rgb
 
 JPEG_SCALES = (8, 4, 2, 1)
 """The reductions libjpeg's DCT scaling offers through Pillow's ``draft``."""
@@ -100,30 +97,6 @@ def draft_request(height: int, width: int, factor: int) -> tuple[int, int]:
 def decoded_size(height: int, width: int, factor: int) -> tuple[int, int]:
     """(height, width) libjpeg returns at scale ``1/factor`` (it rounds up)."""
     return -(-height // factor), -(-width // factor)
-
-
-def load_rgb_for_crops(path: str | Path, spec: DecodeSpec | None) -> Image.Image:
-    """Decode ``path`` to 8-bit RGB, at reduced scale for JPEGs when ``spec`` allows it.
-
-    Same contract as ``images.load_rgb``: ``UnreadableImage`` for anything that does not decode.
-    """
-    old = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                if spec is not None and img.format == "JPEG":
-                    w, h = img.size
-                    f = reduction(h, w, spec)
-                    if f > 1:
-                        img.draft("RGB", draft_request(h, w, f))
-                img.load()
-                return _to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"{path}: {e}") from e
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
 
 
 def spec_for_stage(transform, *, fast_decode: bool) -> DecodeSpec:

@@ -1,4 +1,5 @@
-"""Reduced-scale JPEG decoding (``data/decode.py``): the bound, Pillow's choice, crop fidelity.
+"""Reduced-scale JPEG decoding (``data/jpeg_scale.py``, ``images.load_rgb(path, spec)``): the
+bound, Pillow's choice, crop fidelity.
 
 Measured crop fidelity (8 skimage photographs at 500x375, JPEG q90, 20 crop boxes each, same box
 in normalised coordinates in both paths, bicubic antialiased resize): PSNR of fast vs exact
@@ -17,16 +18,15 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, StageConfig, resolve_config
-from fastdino_cli.data.decode import (
+from fastdino_cli.data.images import UnreadableImage, load_rgb
+from fastdino_cli.data.jpeg_scale import (
     DecodeSpec,
     decoded_size,
     draft_request,
-    load_rgb_for_crops,
     min_crop_side,
     reduction,
     spec_for_stage,
 )
-from fastdino_cli.data.images import UnreadableImage
 from fastdino_cli.data.multicrop import MultiCropDataset, random_resized_crop_box
 
 STAGE1 = DecodeSpec(crops=((112, 1.0), (48, 0.32)))
@@ -96,20 +96,20 @@ def test_pillow_draft_picks_exactly_the_factor(tmp_path, h, w):
             img.draft("RGB", draft_request(h, w, f))
             img.load()
             assert (img.height, img.width) == decoded_size(h, w, f), f
-    out = load_rgb_for_crops(path, STAGE1)
+    out = load_rgb(path, STAGE1)
     assert (out.height, out.width) == decoded_size(h, w, reduction(h, w, STAGE1))
-    assert load_rgb_for_crops(path, None).size == (w, h)
+    assert load_rgb(path, None).size == (w, h)
 
 
 def test_non_jpeg_and_unreadable(tmp_path):
     png = tmp_path / "x.png"
     Image.new("L", (1000, 750), 128).save(png)
-    out = load_rgb_for_crops(png, STAGE1)
+    out = load_rgb(png, STAGE1)
     assert out.size == (1000, 750) and out.mode == "RGB"
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(UnreadableImage, match="bad.jpg"):
-        load_rgb_for_crops(bad, STAGE1)
+        load_rgb(bad, STAGE1)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -125,8 +125,8 @@ def test_fast_crops_stay_close_to_exact_crops(jpegs):
     for size, scale in ((112, (0.32, 1.0)), (48, (0.05, 0.32))):
         values = []
         for path in jpegs:
-            exact = TF.pil_to_tensor(load_rgb_for_crops(path, None))
-            fast = TF.pil_to_tensor(load_rgb_for_crops(path, STAGE1))
+            exact = TF.pil_to_tensor(load_rgb(path, None))
+            fast = TF.pil_to_tensor(load_rgb(path, STAGE1))
             f = exact.shape[-1] // fast.shape[-1]
             assert f == 2 and fast.shape[-2] == math.ceil(exact.shape[-2] / 2)
             for _ in range(8):
