@@ -164,6 +164,22 @@ TINY_RUN = (
 """Overrides that make a demo-preset pretrain take a second or two."""
 
 
+def _metrics_run(w: World, name: str, content: bytes) -> Path:
+    """A run folder whose metrics.jsonl holds ``content`` (and a checkpoint beside it)."""
+    run = w.tmp / "metrics_runs" / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_bytes(content)
+    shutil.copy(w.ckpt, run / "final.pt")
+    return run
+
+
+def _fourier(w: World) -> list[str]:
+    return ["fourier-heatmap", str(w.ckpt), "--data", str(w.val), "--out", str(w.tmp / "f_out")]
+
+
+GOOD_METRICS = b'{"step": 0, "loss": 1.0, "lr": 0.1, "global_crops_size": 32}\n'
+
+
 # (id, argv builder, substrings the one line must contain)
 CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]]]] = [
     # presets, keys, values
@@ -523,6 +539,53 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
         lambda w: ["data", "demo", str(w.tmp / "afile.png")],
         lambda w: [str(w.tmp / "afile.png"), "is a file"],
     ),
+    # plot-metrics on a log that is not one, or onto a file that is not a figure (issue 17)
+    (
+        "plot-metrics-record-without-a-step",
+        lambda w: ["plot-metrics", str(_metrics_run(w, "nostep", GOOD_METRICS + b"[1, 2]\n"))],
+        lambda w: [str(w.tmp / "metrics_runs" / "nostep" / "metrics.jsonl"), "line 2", "'step'"],
+    ),
+    (
+        "plot-metrics-binary-log",
+        lambda w: ["plot-metrics", str(_metrics_run(w, "binary", b"\x89\xd0\xff" * 50))],
+        lambda w: [str(w.tmp / "metrics_runs" / "binary" / "metrics.jsonl"), "not text"],
+    ),
+    (
+        "plot-metrics-onto-a-checkpoint",
+        lambda w: ["plot-metrics", str(_metrics_run(w, "ok", GOOD_METRICS)), "--out", str(w.ckpt)],
+        lambda w: [f"--out {w.ckpt}", ".png", "nothing was written"],
+    ),
+    (
+        "plot-metrics-onto-a-folder",
+        lambda w: ["plot-metrics", str(_metrics_run(w, "ok", GOOD_METRICS)), "--out", str(w.tmp)],
+        lambda w: [f"--out {w.tmp} is a folder"],
+    ),
+    # evaluation sizes and output folders checked before any work (issue 17)
+    (
+        "fourier-size-negative",
+        lambda w: [*_fourier(w), "--size", "-3"],
+        lambda w: ["--size -3", "positive multiple of its patch size 8", "crop size 32"],
+    ),
+    (
+        "fourier-size-zero-is-not-the-default",
+        lambda w: [*_fourier(w), "--size", "0"],
+        lambda w: ["--size 0", "positive multiple of its patch size 8", "leave --size out"],
+    ),
+    (
+        "corrupt-eval-out-is-a-checkpoint",
+        lambda w: ["corrupt-eval", str(w.ckpt), "--val", str(w.val), "--out", str(w.ckpt)],
+        lambda w: [f"--out {w.ckpt} is a file", "nothing was written"],
+    ),
+    (
+        "gradcam-out-is-a-checkpoint",
+        lambda w: ["gradcam", str(w.ckpt), "--data", str(w.val), "--out", str(w.ckpt)],
+        lambda w: [f"--out {w.ckpt} is a file"],
+    ),
+    (
+        "report-out-is-a-checkpoint",
+        lambda w: ["report", str(_metrics_run(w, "ok", GOOD_METRICS)), "--out", str(w.ckpt)],
+        lambda w: [f"--out {w.ckpt} is a file"],
+    ),
 ]
 
 
@@ -662,12 +725,26 @@ def _run_with_only_its_log(w, finished_run):
     return args, run, [str(run), "metrics.jsonl up to step 1", "choose another --out"]
 
 
+def _plot_metrics_onto_the_runs_checkpoint(w, finished_run):
+    run, _ = _run_copy(finished_run, "plot_onto_final", ())
+    return ["plot-metrics", str(run), "--out", str(run / "final.pt")], run, [str(run / "final.pt")]
+
+
+def _plot_metrics_onto_a_png_that_is_not_one(w, finished_run):
+    run, _ = _run_copy(finished_run, "plot_onto_fake_png", ())
+    shutil.copy(run / "final.pt", run / "curves.png")  # a checkpoint renamed by mistake
+    target = run / "curves.png"
+    return ["plot-metrics", str(run), "--out", str(target)], run, [str(target), "not a .png image"]
+
+
 DATA_LOSS_CASES = [
     ("data-demo-over-the-users-train-and-val", _demo_data_over_user_folders),
     ("demo-over-the-users-data-folder", _demo_over_user_data),
     ("pretrain-over-a-finished-run-whose-checkpoint-was-deleted", _finished_run_without_checkpoint),
     ("pretrain-over-a-run-with-only-periodic-copies", _run_with_only_periodic_copies),
     ("pretrain-over-a-run-with-only-its-metrics", _run_with_only_its_log),
+    ("plot-metrics-onto-the-runs-final-pt", _plot_metrics_onto_the_runs_checkpoint),
+    ("plot-metrics-onto-a-png-that-is-a-checkpoint", _plot_metrics_onto_a_png_that_is_not_one),
 ]
 
 

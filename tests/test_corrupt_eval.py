@@ -21,7 +21,8 @@ from fastdino_cli.eval.corruption.metrics import (
     relative_mce,
 )
 from fastdino_cli.eval.corruption.registry import BENCHMARK, corrupt, corruption_rng
-from fastdino_cli.eval.corruption.run import evaluate_classifiers, format_table, save_results
+from fastdino_cli.eval.corruption.result import format_table, write_results
+from fastdino_cli.eval.corruption.run import evaluate_classifiers
 
 CLASSES = ["dark", "mid", "light"]
 LEVELS = {"dark": 40, "mid": 128, "light": 215}
@@ -182,7 +183,7 @@ def test_two_models_one_table_and_files(tmp_path):
     assert res.per_corruption().shape == (2, 2)
     text = format_table(res)
     assert "oracle" in text and "small" in text and "brightness" in text
-    paths = save_results(res, tmp_path / "out")
+    paths = write_results(res, tmp_path / "out")
     import json
 
     payload = json.loads(paths["json"].read_text())
@@ -191,15 +192,50 @@ def test_two_models_one_table_and_files(tmp_path):
 
 
 def test_figures(tmp_path):
-    from fastdino_cli.figures.corruption import write_report
+    from fastdino_cli.figures.corruption import draw_corrupt_eval
 
     val = tmp_path / "val"
     _write_class_images(val, per_class=1)
     res = evaluate_classifiers({"m": GreyOracle()}, val=val, corruptions="fog,pixelate,saturate")
-    paths = write_report(res, tmp_path / "o", example_image=val / "mid" / "img_0.png")
+    paths = draw_corrupt_eval(res, tmp_path / "o", example_image=val / "mid" / "img_0.png")
     for key in ("bars", "severity", "examples"):
         with Image.open(paths[key]) as img:
             assert img.size[0] > 300
+    # the examples image defaults to the first image of the run's clean folder
+    assert draw_corrupt_eval(res, tmp_path / "p", bars=False, examples=True).keys() == {"examples"}
+
+
+def test_run_corrupt_eval_is_one_call_that_writes_the_numbers(tmp_path, monkeypatch):
+    """One library call loads each checkpoint's classifier, evaluates and writes the CSV/JSON;
+    it draws nothing, and an --out that names a file is refused before any work."""
+    import fastdino_cli.eval.classifier as classifier
+    from fastdino_cli.errors import ConfigError
+    from fastdino_cli.eval.corruption.run import run_corrupt_eval
+
+    loaded = []
+
+    def fake_load(path, device="cpu"):
+        loaded.append(Path(path).name)
+        return GreyOracle()
+
+    monkeypatch.setattr(classifier, "load_probe_classifier", fake_load)
+    val = tmp_path / "val"
+    _write_class_images(val, per_class=2)
+    out = tmp_path / "out"
+    kw = dict(val=val, corruptions="fog,saturate", severities="1,3", workers=0, device="cpu")
+    result = run_corrupt_eval([tmp_path / "a.pt"], out=out, **kw)
+    assert loaded == ["a.pt"] and list(result.summary["model"]) == ["a"]
+    assert {k: p.name for k, p in result.files.items()} == {
+        "cells": "cells.csv", "summary": "summary.csv", "json": "results.json"
+    }  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["cells.csv", "results.json", "summary.csv"]
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(pd.read_csv(out / "cells.csv"), result.cells)
+    assert run_corrupt_eval([tmp_path / "a.pt"], **kw).files == {}  # no out: nothing written
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_corrupt_eval([tmp_path / "b.pt"], out=out / "cells.csv", **kw)
+    assert "b.pt" not in loaded
 
 
 def _run_cli(argv, capsys):

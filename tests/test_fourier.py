@@ -373,6 +373,36 @@ def test_cli_end_to_end_writes_arrays_metadata_and_figures(
     np.testing.assert_array_equal(np.load(folder / "error.npy"), error)
 
 
+def test_the_run_writes_numbers_and_the_figures_are_drawn_from_them(
+    probed_checkpoint, demo_data, tmp_path
+):
+    """Compute never draws: the run leaves arrays, meta and radial.csv; the figures come from
+    the result, and the report's reader gives back the same map."""
+    import csv
+
+    from fastdino_cli.eval.fourier.result import load_heatmap
+    from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
+    from fastdino_cli.figures.fourier import draw_fourier_run
+
+    run = run_fourier_heatmaps(
+        [probed_checkpoint], demo_data.val, tmp_path / "f", size=16, window=5,
+        images_per_class=1, radial=True, device="cpu", progress=False,
+    )  # fmt: skip
+    assert not list(run.out.rglob("*.png")) and run.labels == ["final"]
+    result = run.results[0]
+    back = load_heatmap(run.out / "final")
+    np.testing.assert_array_equal(back.error, result.error)
+    assert (back.clean_error, back.size, back.window) == (result.clean_error, 16, 5)
+    with open(run.out / "radial.csv") as f:
+        rows = list(csv.DictReader(f))
+    radii, means = radial_profile(result)
+    assert [int(r["radius"]) for r in rows] == radii.tolist()
+    np.testing.assert_allclose([float(r["error"]) for r in rows], means)
+    drawn = draw_fourier_run(run)
+    assert [p.name for p in drawn] == ["heatmap.png", "side_by_side.png", "radial.png"]
+    assert all(p.is_file() for p in drawn)
+
+
 def test_cli_user_errors_are_one_line(probed_checkpoint, demo_data, tmp_path, capsys):
     from tests.probe_helpers import tiny_checkpoint
 

@@ -26,7 +26,9 @@ from fastdino_cli.eval.gradcam.cam import (
     resolve_module,
     similarity_targets,
 )
+from fastdino_cli.eval.gradcam.result import load_gradcam
 from fastdino_cli.eval.gradcam.run import run_gradcam
+from fastdino_cli.figures.gradcam import draw_gradcam
 from fastdino_cli.model.vit import build_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,6 +157,14 @@ def test_unknown_method_is_a_one_line_error():
     model, vit = frozen_classifier()
     with pytest.raises(ConfigError, match="unknown Grad-CAM method 'gradcan'; choose one of gradc"):
         compute_cam(model, torch.randn(1, 3, 32, 32), None, backbone=vit, method="gradcan")
+
+
+def test_the_light_spec_names_every_method_and_the_default_layer():
+    """``--help`` reads the names from spec.py (no grad-cam import); they are cam.py's."""
+    from fastdino_cli.eval.gradcam import cam, spec
+
+    assert tuple(METHODS) == spec.METHOD_NAMES
+    assert cam.DEFAULT_TARGET_LAYER == spec.DEFAULT_TARGET_LAYER
 
 
 def test_own_embedding_cosine_has_no_gradient_so_self_uses_the_projection():
@@ -394,7 +404,7 @@ def test_outputs_grid_png_npy_and_json(ckpts, demo_data, tmp_path):
         images=[demo_data.val / "cat"],
         target="self",
         names=["fast", "base"],
-        out_dir=out,
+        out=out,
     )
     meta = json.loads((out / "gradcam.json").read_text())
     assert [c["name"] for c in meta["columns"]] == ["fast", "base"]
@@ -404,9 +414,20 @@ def test_outputs_grid_png_npy_and_json(ckpts, demo_data, tmp_path):
         assert len(c["maps"]) == 4
         for i, rel in enumerate(c["maps"]):
             np.testing.assert_array_equal(np.load(out / rel), col.maps[i])
-    with Image.open(out / "gradcam.png") as im:
+    assert not (out / "gradcam.png").exists()  # computing draws nothing
+    with Image.open(draw_gradcam(result, out)) as im:
         w, h = im.size
     assert 1.1 * w < h < 2.0 * w  # 4 rows x 3 columns
+    # the report's reader gives back the same maps and pixels
+    again = load_gradcam(meta, out)
+    for col, back in zip(result.columns, again.columns, strict=True):
+        np.testing.assert_array_equal(back.maps, col.maps)
+        assert (back.name, back.predicted, back.explained) == (
+            col.name,
+            col.predicted,
+            col.explained,
+        )
+    np.testing.assert_allclose(again.pixels, result.pixels, atol=1e-6)
 
 
 def test_cli_end_to_end_writes_grid_and_maps(ckpts, demo_data, tmp_path, capsys):

@@ -35,7 +35,7 @@ def test_options_are_forwarded_to_run_probe(monkeypatch, tmp_path):
     argv = ["probe", "a.pt", "b.pt", "--train", "tr", "--val", "va", "--k", "10,20"]
     argv += ["--epochs", "3", "--batch-size", "64", "--holdout", "0.2", "--n-last-blocks", "4"]
     argv += ["--baseline-random", "--invariance", "--no-cache", "--crop", "96", "--seed", "5"]
-    argv += ["--augment"]
+    argv += ["--augment", "--csv", "t.csv"]
     argv += ["--json"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
@@ -44,6 +44,7 @@ def test_options_are_forwarded_to_run_probe(monkeypatch, tmp_path):
     assert seen["holdout"] == 0.2 and seen["n_last_blocks"] == [4] and seen["crop"] == 96
     assert seen["baseline_random"] and seen["invariance"] and not seen["use_cache"]
     assert seen["seed"] == 5 and seen["write"] and seen["out"] is None and seen["augment"]
+    assert str(seen["csv"]) == "t.csv"  # the library writes the table
 
 
 def test_end_to_end_table_json_csv_and_results_file(tmp_path, demo_data, monkeypatch, capsys):

@@ -13,13 +13,8 @@ from typer.testing import CliRunner
 
 from fastdino_cli.config import config_to_yaml, resolve_config
 from fastdino_cli.report.build import build_report, fmt_rel
-from fastdino_cli.report.tables import (
-    read_run,
-    relative_change,
-    training_numbers,
-    with_relative,
-    world_size,
-)
+from fastdino_cli.report.read import read_run
+from fastdino_cli.report.tables import relative_change, training_numbers, with_relative, world_size
 from fastdino_cli.train.plan import plan_config
 
 BATCH = 16
@@ -106,8 +101,7 @@ def _gradcam(run: Path, images: list[Path], classes: list[str], predicted: list[
             "columns": [{"name": "final", "checkpoint": None, "maps": maps,
                          "predicted": predicted, "confidence": [0.5] * len(images),
                          "explained": [f"class {p}" for p in predicted],
-                         "score": [0.5] * len(images)}],
-            "figure": "gradcam.png"}  # fmt: skip
+                         "score": [0.5] * len(images)}]}  # fmt: skip
     (folder / "gradcam.json").write_text(json.dumps(meta))
 
 

@@ -22,6 +22,7 @@ from fastdino_cli.config import ModelConfig  # noqa: E402
 from fastdino_cli.data.demo import build_demo_dataset  # noqa: E402
 from fastdino_cli.eval.fourier.run import run_fourier_heatmaps  # noqa: E402
 from fastdino_cli.eval.probe.run import run_probe  # noqa: E402
+from fastdino_cli.figures.fourier import draw_fourier_run  # noqa: E402
 from fastdino_cli.model.vit import build_vit  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     run = run_fourier_heatmaps(
         ckpts, data.val, work / "fourier", window=31, images_per_class=5, radial=True, seed=0
     )
+    draw_fourier_run(run)
     dest = Path(__file__).resolve().parent
     shutil.copy(run.out / "side_by_side.png", dest / "demo_side_by_side.png")
     shutil.copy(run.out / "radial.png", dest / "demo_radial.png")

@@ -59,36 +59,26 @@ def corrupt_eval_command(
     example_severity: Annotated[int, typer.Option(min=1, max=5)] = 3,
 ) -> None:
     """ImageNet-C robustness per corruption and severity, means, mCE; tables and figures."""
-    from fastdino_cli.eval.corruption.run import corrupt_eval, format_table
-    from fastdino_cli.figures.corruption import first_clean_image, write_report
+    from fastdino_cli.errors import ConfigError
+    from fastdino_cli.eval.corruption.result import format_table
+    from fastdino_cli.eval.corruption.run import run_corrupt_eval
+    from fastdino_cli.figures.corruption import draw_corrupt_eval
 
-    result = corrupt_eval(
-        checkpoints,
-        imagenet_c=imagenet_c,
-        val=val,
-        clean=clean,
-        write_c=write_c,
-        corruptions=corruptions,
-        severities=severities,
-        seed=seed,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        max_per_class=max_per_class,
-        resize_c=resize_c,
-    )
-    if examples and example_image is None:
-        example_image = first_clean_image(val or clean)
-    paths = write_report(
-        result,
-        out,
-        figures=figures,
-        example_image=example_image,
-        example_severity=example_severity,
-        seed=seed,
-    )
+    if examples and example_image is None and val is None and clean is None:
+        raise ConfigError(
+            "--examples needs a clean image: give --example-image PATH or --clean DIR"
+        )
+    result = run_corrupt_eval(
+        checkpoints, imagenet_c=imagenet_c, val=val, clean=clean, write_c=write_c,
+        corruptions=corruptions, severities=severities, seed=seed, batch_size=batch_size,
+        workers=workers, device=device, max_per_class=max_per_class, resize_c=resize_c, out=out,
+    )  # fmt: skip
+    drawn = draw_corrupt_eval(
+        result, out, bars=figures, examples=examples, example_image=example_image,
+        example_severity=example_severity, seed=seed,
+    )  # fmt: skip
     typer.echo(format_table(result))
-    for kind, path in paths.items():
+    for kind, path in {**result.files, **drawn}.items():
         typer.echo(f"{kind}: {path}")
 
 

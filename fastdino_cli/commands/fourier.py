@@ -38,7 +38,9 @@ def fourier_command(
     size: Annotated[
         int | None,
         typer.Option(
-            "--size", help="Image size [default: the probe's crop size].", show_default=False
+            "--size",
+            help="Image size, a multiple of the patch size [default: the probe's crop size].",
+            show_default=False,
         ),
     ] = None,
     window: Annotated[
@@ -71,6 +73,7 @@ def fourier_command(
     from the frequencies already done when started again with the same arguments.
     """
     from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
+    from fastdino_cli.figures.fourier import draw_fourier_run
 
     run = run_fourier_heatmaps(
         checkpoints,
@@ -92,7 +95,7 @@ def fourier_command(
             f"{label}: clean error {result.clean_error:.4f}, mean error over "
             f"{len(result.freqs)} bases {float(result.per_frequency.mean()):.4f}"
         )
-    for path in run.files["shared"]:
+    for path in [*run.files["shared"], *draw_fourier_run(run)]:
         typer.echo(f"wrote {path}")
 
 

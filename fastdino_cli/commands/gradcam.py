@@ -9,8 +9,7 @@ import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
 from fastdino_cli.devices import DEVICE_HELP
-from fastdino_cli.eval.gradcam.cam import DEFAULT_TARGET_LAYER, method_names
-from fastdino_cli.eval.gradcam.run import TARGET_HELP, run_gradcam
+from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER, METHOD_NAMES, TARGET_HELP
 
 EXAMPLES = """Examples:
 
@@ -42,7 +41,7 @@ def gradcam_command(
         "predicted"
     ),
     method: Annotated[
-        str, typer.Option(help=f"Saliency method: {', '.join(method_names())}.")
+        str, typer.Option(help=f"Saliency method: {', '.join(METHOD_NAMES)}.")
     ] = "gradcam",
     layer: Annotated[
         str, typer.Option(help="Target layer, a dotted path below the backbone.")
@@ -79,6 +78,9 @@ def gradcam_command(
     predicted class; checkpoints without a probe use --target self|prototype or
     --method eigencam.
     """
+    from fastdino_cli.eval.gradcam.run import run_gradcam
+    from fastdino_cli.figures.gradcam import draw_gradcam
+
     result = run_gradcam(
         checkpoints,
         images=images or None,
@@ -96,12 +98,13 @@ def gradcam_command(
         names=[n.strip() for n in names.split(",")] if names else None,
         device=device,
         seed=seed,
-        out_dir=out,
+        out=out,
     )
+    grid = draw_gradcam(result, out)
     n_maps = sum(len(c.maps) for c in result.columns)
     typer.echo(
         f"{result.method}: {len(result.samples)} images x {len(result.columns)} checkpoints "
-        f"-> {out / 'gradcam.png'}, {n_maps} maps under {out / 'maps'}, {out / 'gradcam.json'}"
+        f"-> {grid}, {n_maps} maps under {out / 'maps'}, {out / 'gradcam.json'}"
     )
 
 

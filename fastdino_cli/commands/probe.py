@@ -7,13 +7,11 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
 from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.errors import ConfigError
-from fastdino_cli.fileio import atomic_write
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -121,6 +119,7 @@ def probe_command(
     The linear head is chosen on a split held out from --train, then evaluated once on --val;
     "best on val" is the reference protocol's optimistic figure, shown for comparison.
     """
+    from fastdino_cli.eval.probe.result import format_table
     from fastdino_cli.eval.probe.run import run_probe
 
     report = run_probe(
@@ -128,56 +127,15 @@ def probe_command(
         holdout=holdout, n_last_blocks=_ints(n_last_blocks, "--n-last-blocks"),
         baseline_random=baseline_random, augment=augment, invariance=invariance, out=out,
         write=not no_write, use_cache=not no_cache, resize=resize, crop=crop, device=device,
-        num_workers=workers, seed=seed,
+        num_workers=workers, seed=seed, csv=csv,
     )  # fmt: skip
-    frame = report.to_frame()
-    if csv is not None:
-        atomic_write(csv, lambda f: frame.to_csv(f, index=False), text=True)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    typer.echo(render_table(frame))
+    typer.echo(format_table(report))
     for row in report.rows:
         if row.stored_in:
             typer.echo(f"probe head ({row.linear.spec.label()}) stored in {row.stored_in}")
-
-
-LEGEND = (
-    "accuracies in %; linear: the head chosen on the held-out part of --train, evaluated once on "
-    "--val; best_on_val*: the best head chosen on val (the reference protocol, optimistic)"
-)
-
-
-def render_table(frame: pd.DataFrame) -> str:
-    """Accuracy table (one row per model), then the invariance table when it was measured."""
-    inv = [c for c in frame.columns if str(c).startswith("inv_")]
-    acc = [c for c in frame.columns if c not in inv]
-    parts = [_rich_table(frame[acc]), LEGEND]
-    if inv:
-        renamed = frame[["model", *inv]].rename(columns={c: c[4:] for c in inv})
-        parts += ["", _rich_table(renamed, title="view invariance (mean cosine between views)")]
-    return "\n".join(parts)
-
-
-def _rich_table(frame: pd.DataFrame, title: str | None = None) -> str:
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", box=None, header_style="bold")
-    width = max(len(str(v)) for v in frame["model"]) if len(frame) else 5
-    for col in frame.columns:
-        if col == "model":
-            table.add_column("model", min_width=min(width, 48), overflow="fold")
-        else:
-            table.add_column(str(col), justify="left" if col == "head" else "right")
-    for _, row in frame.iterrows():
-        table.add_row(*["-" if pd.isna(v) else str(v) for v in row.tolist()])
-    buf = io.StringIO()
-    # never crop numbers: a table wider than the terminal is left for the terminal to wrap
-    Console(file=buf, width=4096, color_system=None, force_terminal=False).print(table)
-    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
 
 
 def register(app: typer.Typer) -> None:

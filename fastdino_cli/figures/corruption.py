@@ -4,7 +4,11 @@
 * :func:`plot_severity_lines`: top-1 against severity, one panel per corruption group, one line
   per corruption (the mean of the group in bold) and one line style per model;
 * :func:`plot_examples`: one image under every corruption at one severity (Figure 5 of the
-  FastDINOv2 paper, after ImageNet-C's own overview figure).
+  FastDINOv2 paper, after ImageNet-C's own overview figure);
+* :func:`draw_corrupt_eval`: the figures of one run, as ``fastdino corrupt-eval`` draws them.
+
+Drawing only: the numbers come from ``fastdino_cli.eval.corruption`` (a result object, or the
+files it wrote, read back by the report).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fastdino_cli.eval.corruption.registry import ALL, GROUPS, corrupt, corruption_rng
-from fastdino_cli.eval.corruption.run import CorruptEvalResult
+from fastdino_cli.eval.corruption.result import CorruptEvalResult
 from fastdino_cli.fileio import save_figure
 
 
@@ -136,28 +140,34 @@ def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def write_report(
+def draw_corrupt_eval(
     result: CorruptEvalResult,
     out_dir: str | Path,
     *,
-    figures: bool = True,
+    bars: bool = True,
+    examples: bool = False,
     example_image: str | Path | None = None,
     example_size: int = 224,
     example_severity: int = 3,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """CSV + JSON tables, the two accuracy figures and optionally the examples figure."""
+    """The figures of one corrupt-eval run: the two accuracy figures and optionally the examples.
+
+    ``examples`` draws ``example_image`` (default: the first image of the run's clean folder)
+    under every corruption of the run at ``example_severity``. Returns kind -> path.
+    """
     from PIL import Image
 
     from fastdino_cli.eval.corruption.data import center_crop_pil
-    from fastdino_cli.eval.corruption.run import save_results
 
     out = Path(out_dir)
-    paths = save_results(result, out)
-    if figures:
+    paths: dict[str, Path] = {}
+    if bars:
         paths["bars"] = plot_accuracy_bars(result, out / "accuracy_per_corruption.png")
         paths["severity"] = plot_severity_lines(result, out / "accuracy_vs_severity.png")
-    if example_image is not None:
+    if examples or example_image is not None:
+        if example_image is None:
+            example_image = first_clean_image(result.meta.get("clean"))
         with Image.open(example_image) as img:
             crop = center_crop_pil(img, example_size)
         paths["examples"] = plot_examples(

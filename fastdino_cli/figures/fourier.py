@@ -1,6 +1,8 @@
 """Figures for Fourier heatmaps: one per checkpoint, side by side, radial profile.
 
-Drawing only; the numbers come from ``fastdino_cli.eval.fourier.basis``. The side-by-side
+Drawing only; the numbers come from ``fastdino_cli.eval.fourier`` (a ``FourierRun``, or maps
+read back with ``eval.fourier.result.load_heatmap``). :func:`draw_fourier_run` draws what
+``fastdino fourier-heatmap`` shows. The side-by-side
 figure uses ONE colour scale for every checkpoint (and one colour bar), because comparing colours
 across panels with different scales is how frequency-bias figures mislead. Uses matplotlib's
 object-oriented API (``Figure``) so no GUI backend or global pyplot state is involved.
@@ -16,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fastdino_cli.eval.fourier.basis import FourierResult, radial_profile
+from fastdino_cli.eval.fourier.result import FourierRun
 from fastdino_cli.fileio import save_figure
 
 CMAP = "jet"  # the colour map of Yin et al. and both public implementations
@@ -120,3 +123,16 @@ def plot_radial(results: Sequence[FourierResult], titles: Sequence[str], path: s
     ax.legend(fontsize=8)
     ax.set_title(f"Radial profile: {_caption(results[0])}", fontsize=10)
     return save_figure(fig, path, dpi=120)
+
+
+def draw_fourier_run(run: FourierRun) -> list[Path]:
+    """``<label>/heatmap.png`` per checkpoint, ``side_by_side.png`` and (when the run asked for
+    the radial profile) ``radial.png`` in the run's folder."""
+    paths = [
+        plot_heatmap(result, label, run.out / label / "heatmap.png")
+        for label, result in zip(run.labels, run.results, strict=True)
+    ]
+    paths.append(plot_side_by_side(run.results, run.labels, run.out / "side_by_side.png"))
+    if run.radial:
+        paths.append(plot_radial(run.results, run.labels, run.out / "radial.png"))
+    return paths

@@ -1,6 +1,7 @@
 """The Grad-CAM comparison grid: one row per image, the input then one overlay per checkpoint.
 
-Drawing only; the numbers come from ``gradcam_run.run_gradcam``. The figure is built on a
+Drawing only; the numbers come from ``eval.gradcam.run.run_gradcam`` (or the files it wrote,
+read back with ``eval.gradcam.result.load_gradcam``). The figure is built on a
 bare ``Figure`` + Agg canvas (no pyplot state), so it works headless and in threads.
 """
 
@@ -17,7 +18,10 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from fastdino_cli.fileio import save_figure
 
 if TYPE_CHECKING:
-    from fastdino_cli.eval.gradcam.run import GradCamResult
+    from fastdino_cli.eval.gradcam.result import GradCamResult
+
+GRID = "gradcam.png"
+"""The grid's file name in a ``fastdino gradcam --out`` folder."""
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
@@ -89,3 +93,8 @@ def plot_gradcam_grid(
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     return save_figure(fig, path)
+
+
+def draw_gradcam(result: GradCamResult, out_dir: str | Path) -> Path:
+    """The grid of one ``fastdino gradcam`` run, as ``out_dir/gradcam.png``."""
+    return plot_gradcam_grid(result, Path(out_dir) / GRID)

@@ -7,33 +7,90 @@ stacked panels sharing the step axis and marks every curriculum stage switch wit
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from fastdino_cli.errors import DataError
+from fastdino_cli.errors import ConfigError, DataError
+from fastdino_cli.eval.outputs import check_output_dir
 from fastdino_cli.fileio import save_figure
 
 LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """``RUN_DIR/metrics.jsonl`` as a DataFrame sorted by step (torn last lines are skipped)."""
+    """``RUN_DIR/metrics.jsonl`` as a DataFrame sorted by step (torn lines are skipped).
+
+    A file that is not a metrics log (not text, or records without a numeric ``step``) is a
+    one-line ``DataError`` naming the file and the line.
+    """
     path = Path(run_dir)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(
             f"{path} does not exist; pass a run directory written by `fastdino pretrain`"
         )
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a metrics log (not text); {_WHAT}") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a line cut by a crash
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
+            raise DataError(
+                f"{path} line {number} is not a metrics record (no numeric 'step': "
+                f"{_short(line)}); {_WHAT}"
+            )
+        rows.append(row)
     if not rows:
         raise DataError(f"{path} holds no metrics yet")
     return pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
+
+
+_WHAT = "pass a run directory written by `fastdino pretrain` (its metrics.jsonl)"
+FIGURE_SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".pdf": (b"%PDF",),
+    ".svg": (b"<?xml", b"<svg"),
+}
+"""The figure formats ``--out`` may name, and how an existing file of each kind starts."""
+
+
+def _short(text: str, n: int = 40) -> str:
+    text = text.strip()
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def check_figure_path(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` if a figure may be written there: an image suffix, and no file there that is not
+    already an image of that kind (a checkpoint or a log is never overwritten)."""
+    path = Path(path)
+    kinds = ", ".join(FIGURE_SIGNATURES)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name such as {path / 'a.png'}")
+    if path.suffix.lower() not in FIGURE_SIGNATURES:
+        raise ConfigError(
+            f"{flag} {path}: a figure is written as {kinds}; give a file name with one of "
+            "these suffixes (nothing was written)"
+        )
+    check_output_dir(path.parent, flag)
+    if path.exists():
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head.startswith(FIGURE_SIGNATURES[path.suffix.lower()]):
+            raise ConfigError(
+                f"{flag} {path} exists and is not a {path.suffix.lower()} image; it was left as "
+                "it is: choose another file name"
+            )
+    return path
 
 
 def stage_switches(df: pd.DataFrame) -> list[int]:
@@ -51,30 +108,38 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = load_metrics(run_dir)
     run_dir = Path(run_dir)
     out = Path(out) if out else (run_dir if run_dir.is_dir() else run_dir.parent) / "metrics.png"
+    check_figure_path(out)
+    df = load_metrics(run_dir)
+    for col in (*LOSS_TERMS, "lr", "momentum", "global_crops_size", "local_crops_size"):
+        if col in df:  # a hand-edited value plots as a gap, not as a category axis
+            df[col] = pd.to_numeric(df[col], errors="coerce")
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True, constrained_layout=True)
     ax = axes[0]
     for term in LOSS_TERMS:
         if term in df:
             ax.plot(df["step"], df[term], label=term, lw=1.8 if term == "loss" else 1.0)
     ax.set_ylabel("loss")
-    ax.legend(ncol=len(LOSS_TERMS), fontsize=8, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(ncol=len(LOSS_TERMS), fontsize=8, loc="lower left")
     ax = axes[1]
-    ax.plot(df["step"], df["lr"], color="tab:purple", label="lr")
+    if "lr" in df:
+        ax.plot(df["step"], df["lr"], color="tab:purple", label="lr")
     ax.set_ylabel("learning rate")
     if "momentum" in df:
         twin = ax.twinx()
         twin.plot(df["step"], df["momentum"], color="tab:gray", lw=1, label="teacher momentum")
         twin.set_ylabel("teacher momentum", color="tab:gray")
     ax = axes[2]
-    ax.step(df["step"], df["global_crops_size"], where="post", label="global crop")
+    if "global_crops_size" in df:
+        ax.step(df["step"], df["global_crops_size"], where="post", label="global crop")
     if "local_crops_size" in df and df["local_crops_size"].notna().any():
         ax.step(df["step"], df["local_crops_size"], where="post", label="local crop")
     ax.set_ylabel("crop size (px)")
     ax.set_xlabel("step")
-    ax.legend(fontsize=8, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left")
     for s in stage_switches(df):
         for a in axes:
             a.axvline(s, color="k", ls="--", lw=0.8, alpha=0.6)
@@ -91,7 +156,12 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if cfg_path.is_file():
         import yaml
 
-        name = (yaml.safe_load(cfg_path.read_text()) or {}).get("preset") or name
+        try:  # the title only: a config that cannot be read leaves the folder's name
+            cfg = yaml.safe_load(cfg_path.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            cfg = None
+        if isinstance(cfg, dict) and isinstance(cfg.get("preset"), str):
+            name = cfg["preset"]
     title = f"{name}: {int(df['step'].iloc[-1]) + 1} steps"
     fig.suptitle(title)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 The library twin of ``fastdino report``. It reads what ``pretrain``, ``probe``,
 ``corrupt-eval``, ``fourier-heatmap`` and ``gradcam`` wrote into each run directory (layout in
-``report.tables``), and writes into ``out``::
+``report.read``), and writes into ``out``::
 
     out/report.md          the tables and figures, relative changes against the FIRST run
     out/runs.csv           preset, steps, wall-clock, images/s, GFLOPs/image, PFLOPs
@@ -25,25 +25,21 @@ from pathlib import Path
 import pandas as pd
 
 from fastdino_cli.errors import ConfigError
-from fastdino_cli.figures.report import (
-    corruption_bars,
-    fourier_side_by_side,
-    gradcam_agreement,
-    gradcam_grid,
-    training_curves,
-)
+from fastdino_cli.eval.outputs import check_output_dir
 from fastdino_cli.fileio import atomic_write, write_text
+from fastdino_cli.report.figures import draw_report_figures
+from fastdino_cli.report.read import RunData, read_run
 from fastdino_cli.report.steps import EvalSettings, commands, evaluation_steps
 from fastdino_cli.report.tables import (
     GROUP_NAMES,
     KNN_K,
-    RunData,
-    corruption_cells,
+    corruption_wide,
+    gradcam_agreement,
     probe_table,
-    read_run,
     robustness_table,
     runs_table,
 )
+from fastdino_cli.rundir import FINAL
 
 SECTIONS = ("Runs", "Probes", "Robustness", "Training curves", "Fourier", "Grad-CAM")
 
@@ -91,45 +87,33 @@ def build_report(
     if not run_dirs:
         raise ConfigError("give at least one run directory")
     run_dirs = [Path(p) for p in run_dirs]
+    out = check_output_dir(out)
     labels = _labels(run_dirs)
     settings = settings or EvalSettings()
     if run_missing:
         for run_dir, label in zip(run_dirs, labels, strict=True):
-            if not (run_dir / "final.pt").is_file():
+            if not (run_dir / FINAL).is_file():
                 raise ConfigError(
-                    f"{run_dir} has no final.pt; train it first: fastdino pretrain --out {run_dir}"
+                    f"{run_dir} has no {FINAL}; train it first: fastdino pretrain --out {run_dir}"
                 )
             for step in evaluation_steps(run_dir, label, settings):
                 if not step.done():
                     print(f"running: {step.command}", flush=True)
                     step.run()
     runs = [read_run(p, lab) for p, lab in zip(run_dirs, labels, strict=True)]
-    out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     report = Report(out / "report.md", runs, tables={})
     report.tables = {
         "runs": runs_table(runs),
         "probe": probe_table(runs),
         "robustness": robustness_table(runs),
-        "corruptions": _corruption_wide(runs),
+        "corruptions": corruption_wide(runs),
     }
     for name, table in report.tables.items():
         atomic_write(out / f"{name}.csv", lambda f, t=table: t.to_csv(f, index=False), text=True)
     report.markdown = _render(report, out, settings, timings)
     write_text(report.path, report.markdown)
     return report
-
-
-def _corruption_wide(runs: list[RunData]) -> pd.DataFrame:
-    cells = corruption_cells(runs)
-    if cells.empty:
-        return pd.DataFrame(columns=["corruption", "group"])
-    wide = cells.pivot_table(
-        index=["corruption", "group"], columns="model", values="top1", aggfunc="mean", sort=False
-    )
-    wide = (wide * 100).reset_index()
-    wide.columns.name = None
-    return wide
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +179,7 @@ def _runs_section(report: Report, settings) -> list[str]:
     lines = ["## Runs", "", _table(header, rows), ""]
     lines.append(
         "Wall-clock is the sum of the logged training windows (restarts not counted); FLOPs "
-        "come from `fastdino pretrain --plan` (`train/flops.py`) for the steps done."
+        "come from `fastdino pretrain --plan` (`train/plan.py`) for the steps done."
     )
     no_train = [r for r in report.runs if r.metrics is None]
     if no_train:
@@ -285,25 +269,6 @@ def _figure_sections(report: Report, settings, figures: dict[str, Path]) -> list
     return lines
 
 
-def _draw(report: Report, out: Path) -> dict[str, Path]:
-    figs = out / "figures"
-    found: dict[str, Path] = {}
-    for run in report.runs:
-        safe = run.label.replace("/", "_")
-        path = training_curves(run, figs / f"training_{safe}.png")
-        if path:
-            found[f"training:{run.label}"] = path
-    if bars := corruption_bars(report.runs, figs / "corruption_bars.png"):
-        found["corruption_bars"] = bars
-    heat, _ = fourier_side_by_side(report.runs, figs / "fourier_side_by_side.png")
-    if heat:
-        found["fourier"] = heat
-    cam, _ = gradcam_grid(report.runs, figs / "gradcam_grid.png")
-    if cam:
-        found["gradcam"] = cam
-    return {k: v.relative_to(out) for k, v in found.items()}
-
-
 def _timings_section(timings: dict) -> list[str]:
     steps = timings.get("steps", {})
     rows = []
@@ -323,7 +288,7 @@ def _timings_section(timings: dict) -> list[str]:
 
 
 def _render(report: Report, out: Path, settings: EvalSettings, timings: dict | None) -> str:
-    figures = _draw(report, out)
+    figures = draw_report_figures(report.runs, out)
     report.figures = {k: out / v for k, v in figures.items()}
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [

@@ -35,6 +35,7 @@ from typing import Any
 
 from fastdino_cli.fileio import write_text
 from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
+from fastdino_cli.rundir import CONFIG, FINAL, METRICS
 
 RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
 """Run folder -> preset; the baseline first: the report's relative changes are against it."""
@@ -58,7 +59,7 @@ def demo_settings(data: Path, full: bool = False) -> EvalSettings:
 
 
 def _last_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return {}
     for line in reversed(path.read_text().splitlines()):
@@ -76,11 +77,11 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
 
     def done() -> bool:
         last = _last_metrics(run_dir)
-        finished = (run_dir / "final.pt").is_file() and int(last.get("step", -1)) + 1 >= total
+        finished = (run_dir / FINAL).is_file() and int(last.get("step", -1)) + 1 >= total
         if finished:  # never reuse a run trained with another config (e.g. an older preset)
             from fastdino_cli import rundir as rd
 
-            old = rd.load_config_yaml_dict(run_dir / "config.yaml")
+            old = rd.load_config_yaml_dict(run_dir / CONFIG)
             rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
         return finished
 

@@ -3,7 +3,8 @@
 Shared by ``fastdino report --run-missing`` and ``fastdino demo``: both list a run's steps
 (probe, corrupt-eval, fourier-heatmap, gradcam), skip the ones whose outputs exist, are newer
 than ``final.pt`` and match the requested settings, and run the rest through the same library
-functions the subcommands call, writing into the run directory (layout in ``report.tables``).
+functions (and figures) the subcommands call, writing into the run directory (layout in
+``report.read``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastdino_cli.report.tables import CHECKPOINT, CORRUPT_DIR, FOURIER_DIR, GRADCAM_DIR
+from fastdino_cli.rundir import CONFIG, CORRUPT_DIR, FINAL, FOURIER_DIR, GRADCAM_DIR, PROBE_JSON
 
 
 @dataclass
@@ -54,7 +55,7 @@ def labelled_data(run_dir: Path, settings: EvalSettings | None = None) -> tuple[
     """(train, val) folders: the settings', else ``train``/``val`` beside the run's data.train."""
     if settings and settings.train and settings.val:
         return Path(settings.train), Path(settings.val)
-    cfg_path = Path(run_dir) / "config.yaml"
+    cfg_path = Path(run_dir) / CONFIG
     if not cfg_path.is_file():
         return None
     from fastdino_cli.config import load_config_yaml
@@ -86,7 +87,7 @@ def commands(run_dir: Path, settings: EvalSettings | None = None) -> dict[str, s
     s = settings or EvalSettings()
     data = labelled_data(run_dir, s)
     train, val = (str(data[0]), str(data[1])) if data else ("TRAIN_DIR", "VAL_DIR")
-    ckpt = Path(run_dir) / CHECKPOINT
+    ckpt = Path(run_dir) / FINAL
     fourier = f" --size {s.fourier_size}" if s.fourier_size else ""
     fourier += f" --window {s.fourier_window}" if s.fourier_window else ""
     return {
@@ -105,7 +106,8 @@ def commands(run_dir: Path, settings: EvalSettings | None = None) -> dict[str, s
 def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[Step]:
     """probe, corrupt-eval, fourier-heatmap and gradcam of one run, in dependency order."""
     run_dir = Path(run_dir)
-    ckpt = run_dir / CHECKPOINT
+    ckpt = run_dir / FINAL
+    probe_json = run_dir / PROBE_JSON
     cmd = commands(run_dir, settings)
     s = settings
 
@@ -121,13 +123,9 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         return found
 
     def probe_done() -> bool:
-        rows = _read_json(run_dir / "probe.json").get(CHECKPOINT) or []
+        rows = _read_json(probe_json).get(FINAL) or []
         has_random = any(r.get("random_init") for r in rows)
-        return (
-            _newer(run_dir / "probe.json", ckpt)
-            and bool(rows)
-            and (has_random or not s.baseline_random)
-        )
+        return _newer(probe_json, ckpt) and bool(rows) and (has_random or not s.baseline_random)
 
     def probe() -> Any:
         from fastdino_cli.eval.probe.run import run_probe
@@ -140,35 +138,40 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
 
     def corrupt_done() -> bool:
         from fastdino_cli.eval.corruption.registry import parse_corruptions, parse_severities
+        from fastdino_cli.eval.corruption.result import RESULT_FILES
 
-        path = run_dir / CORRUPT_DIR / "results.json"
+        path = run_dir / CORRUPT_DIR / RESULT_FILES["json"]
         meta = _read_json(path).get("meta") or {}
         return (
             _newer(path, ckpt)
-            and _newer(path, run_dir / "probe.json")
+            and _newer(path, probe_json)
             and meta.get("corruptions") == parse_corruptions(s.corruptions)
             and meta.get("severities") == parse_severities(s.severities)
         )
 
     def corrupt() -> Any:
-        from fastdino_cli.eval.corruption.run import corrupt_eval
-        from fastdino_cli.figures.corruption import write_report
+        from fastdino_cli.eval.corruption.run import run_corrupt_eval
+        from fastdino_cli.figures.corruption import draw_corrupt_eval
 
         _, val = data()
         device = "cpu" if s.device == "auto" else s.device
-        result = corrupt_eval(
+        out = run_dir / CORRUPT_DIR
+        result = run_corrupt_eval(
             [ckpt], val=val, corruptions=s.corruptions, severities=s.severities,
-            workers=s.workers, device=device, max_per_class=s.corrupt_max_per_class,
+            workers=s.workers, device=device, max_per_class=s.corrupt_max_per_class, out=out,
         )  # fmt: skip
-        return write_report(result, run_dir / CORRUPT_DIR)
+        draw_corrupt_eval(result, out)
+        return result
 
     def fourier_done() -> bool:
-        path = run_dir / FOURIER_DIR / Path(CHECKPOINT).stem / "meta.json"
+        from fastdino_cli.eval.fourier.result import META
+
+        path = run_dir / FOURIER_DIR / Path(FINAL).stem / META
         meta = _read_json(path)
         size_ok = s.fourier_size is None or meta.get("size") == s.fourier_size
         return (
             _newer(path, ckpt)
-            and _newer(path, run_dir / "probe.json")
+            and _newer(path, probe_json)
             and size_ok
             and meta.get("window") == s.fourier_window
             and meta.get("images_per_class") == s.fourier_images_per_class
@@ -176,25 +179,34 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
 
     def fourier() -> Any:
         from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
+        from fastdino_cli.figures.fourier import draw_fourier_run
 
         _, val = data()
-        return run_fourier_heatmaps(
+        run = run_fourier_heatmaps(
             [ckpt], val, run_dir / FOURIER_DIR, size=s.fourier_size, window=s.fourier_window,
             images_per_class=s.fourier_images_per_class, device=s.device, progress=False,
         )  # fmt: skip
+        draw_fourier_run(run)
+        return run
 
     def gradcam_done() -> bool:
-        path = run_dir / GRADCAM_DIR / "gradcam.json"
-        return _newer(path, ckpt) and _newer(path, run_dir / "probe.json")
+        from fastdino_cli.eval.gradcam.result import META
+
+        path = run_dir / GRADCAM_DIR / META
+        return _newer(path, ckpt) and _newer(path, probe_json)
 
     def gradcam() -> Any:
         from fastdino_cli.eval.gradcam.run import run_gradcam
+        from fastdino_cli.figures.gradcam import draw_gradcam
 
         _, val = data()
-        return run_gradcam(
+        out = run_dir / GRADCAM_DIR
+        result = run_gradcam(
             [ckpt], data=val, per_class=s.gradcam_per_class, names=[label], device=s.device,
-            progress=False, out_dir=run_dir / GRADCAM_DIR,
+            progress=False, out=out,
         )  # fmt: skip
+        draw_gradcam(result, out)
+        return result
 
     return [
         Step(f"probe {label}", probe_done, probe, cmd["probe"]),

@@ -1,151 +1,23 @@
-"""What the subcommands left in a run directory, read back as plain numbers and tables.
+"""The report's numbers: per run (training, FLOPs, probes, corruptions) and tables across runs.
 
-``fastdino report`` never recomputes an evaluation: it reads the files each subcommand wrote
-into the run directory (layout below), so a report is cheap to rebuild and always shows the
-numbers that were measured. A file that is absent is a *missing section*, and the report says
-which command fills it.
-
-    RUN_DIR/config.yaml             pretrain: the resolved config (preset, batch, steps)
-    RUN_DIR/metrics.jsonl           pretrain: one record per logged window (images/s, time)
-    RUN_DIR/final.pt                pretrain; `probe` adds its `probe` entry (head + accuracy)
-    RUN_DIR/probe.json              probe: kNN / linear rows, keyed by checkpoint file name
-    RUN_DIR/corrupt-eval/           corrupt-eval --out RUN_DIR/corrupt-eval: summary.csv, cells.csv
-    RUN_DIR/fourier/<label>/        fourier-heatmap --out RUN_DIR/fourier: error.npy, meta.json
-    RUN_DIR/gradcam/                gradcam --out RUN_DIR/gradcam: gradcam.json, maps/*.npy
+Everything here is computed from what ``report.read`` found in the run directories; relative
+changes are against the first run (the reference of the report).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fastdino_cli.config import Config, load_config_yaml
-from fastdino_cli.errors import DataError, FastdinoError
+from fastdino_cli.report.read import RunData, guard
+from fastdino_cli.rundir import CONFIG
 
-CORRUPT_DIR = "corrupt-eval"
-FOURIER_DIR = "fourier"
-GRADCAM_DIR = "gradcam"
-CHECKPOINT = "final.pt"
 GROUP_NAMES = ("noise", "blur", "weather", "digital", "extra")
 KNN_K = 20
 """The kNN column of the summary (DINOv2's headline k); every k measured is in probe.csv."""
-
-
-@dataclass
-class RunData:
-    """Everything found in one run directory; ``None`` where the producing step has not run."""
-
-    run_dir: Path
-    label: str
-    config: Config | None = None
-    metrics: pd.DataFrame | None = None
-    probe: list[dict[str, Any]] | None = None
-    """probe.json rows for final.pt: the trained model, then its random-init twin if probed."""
-    corrupt_summary: dict[str, Any] | None = None
-    corrupt_cells: pd.DataFrame | None = None
-    corrupt_meta: dict[str, Any] | None = None
-    fourier: dict[str, Any] | None = None
-    """meta.json of the heatmap plus ``folder`` (where error.npy is)."""
-    gradcam: dict[str, Any] | None = None
-    """gradcam.json plus ``folder``."""
-    problems: list[str] = field(default_factory=list)
-    """Files that exist but could not be read (reported, never fatal)."""
-
-    @property
-    def preset(self) -> str:
-        return (self.config.preset if self.config else None) or "-"
-
-
-def read_run(run_dir: str | Path, label: str | None = None) -> RunData:
-    """Read every known output of one run directory (a missing file leaves its field None)."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a directory; pass run directories written by pretrain")
-    run = RunData(root, label or root.resolve().name)
-    cfg_path = root / "config.yaml"
-    if cfg_path.is_file():
-        run.config = _guard(run, cfg_path, lambda: load_config_yaml(cfg_path.read_text()))
-    if (root / "metrics.jsonl").is_file():
-        from fastdino_cli.figures.training import load_metrics
-
-        run.metrics = _guard(run, root / "metrics.jsonl", lambda: load_metrics(root))
-    run.probe = _guard(run, root / "probe.json", lambda: read_probe(root))
-    corrupt = root / CORRUPT_DIR
-    if (corrupt / "summary.csv").is_file():
-        summary = _guard(run, corrupt / "summary.csv", lambda: pd.read_csv(corrupt / "summary.csv"))
-        if summary is not None and len(summary):
-            run.corrupt_summary = summary.iloc[0].to_dict()
-        if (corrupt / "cells.csv").is_file():
-            run.corrupt_cells = _guard(
-                run, corrupt / "cells.csv", lambda: pd.read_csv(corrupt / "cells.csv")
-            )
-        if (corrupt / "results.json").is_file():
-            results = _guard(run, corrupt / "results.json", lambda: _json(corrupt / "results.json"))
-            run.corrupt_meta = (results or {}).get("meta")
-    run.fourier = _guard(run, root / FOURIER_DIR, lambda: read_fourier(root / FOURIER_DIR))
-    gc = root / GRADCAM_DIR / "gradcam.json"
-    if gc.is_file():
-        data = _guard(run, gc, lambda: _json(gc))
-        if data is not None:
-            run.gradcam = {**data, "folder": str(gc.parent)}
-    return run
-
-
-def _guard(run: RunData, path: Path, fn):
-    try:
-        return fn()
-    except (FastdinoError, OSError, ValueError, KeyError) as e:
-        run.problems.append(f"{path}: {e}")
-        return None
-
-
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def read_probe(run_dir: Path) -> list[dict[str, Any]] | None:
-    """probe.json rows of ``final.pt``; else the accuracy stored in final.pt's ``probe`` entry."""
-    path = run_dir / "probe.json"
-    if path.is_file():
-        data = _json(path)
-        rows = data.get(CHECKPOINT) or next(iter(data.values()), None)
-        if rows:
-            return rows
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
-        return None
-    from fastdino_cli import checkpoint as ckpt_io
-
-    entry = ckpt_io.load(ckpt).get("probe")
-    if not entry:
-        return None
-    acc = entry.get("accuracy") or {}
-    return [
-        {
-            "name": str(ckpt),
-            "random_init": False,
-            "knn": acc.get("knn", {}),
-            "linear": {"top1": acc.get("linear_top1"), "top5": acc.get("linear_top5")},
-        }
-    ]
-
-
-def read_fourier(folder: Path) -> dict[str, Any] | None:
-    """meta.json of the heatmap of ``final`` (or the only one) under ``RUN_DIR/fourier``."""
-    if not folder.is_dir():
-        return None
-    metas = sorted(folder.glob("*/meta.json"))
-    metas = [m for m in metas if (m.parent / "error.npy").is_file()]
-    if not metas:
-        return None
-    chosen = next((m for m in metas if m.parent.name == Path(CHECKPOINT).stem), metas[0])
-    return {**_json(chosen), "folder": str(chosen.parent)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +149,7 @@ def runs_table(runs: list[RunData]) -> pd.DataFrame:
     rows = []
     for run in runs:
         t = training_numbers(run) or {}
-        f = _guard(
-            run, run.run_dir / "config.yaml", lambda r=run, t=t: flops_numbers(r, t.get("steps"))
-        )
+        f = guard(run, run.run_dir / CONFIG, lambda r=run, t=t: flops_numbers(r, t.get("steps")))
         rows.append(
             {
                 "run": run.label,
@@ -324,3 +194,30 @@ def corruption_cells(runs: list[RunData]) -> pd.DataFrame:
             cells = cells[cells["model"] == first_model].assign(model=run.label)
             frames.append(cells)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def corruption_wide(runs: list[RunData]) -> pd.DataFrame:
+    """Top-1 (%) per corruption (rows, with its group) and run (columns)."""
+    cells = corruption_cells(runs)
+    if cells.empty:
+        return pd.DataFrame(columns=["corruption", "group"])
+    wide = cells.pivot_table(
+        index=["corruption", "group"], columns="model", values="top1", aggfunc="mean", sort=False
+    )
+    wide = (wide * 100).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def gradcam_agreement(runs: list[RunData]) -> dict[str, float]:
+    """Share of the Grad-CAM images each run classified correctly (from gradcam.json)."""
+    out: dict[str, float] = {}
+    for run in runs:
+        if run.gradcam is None:
+            continue
+        col = run.gradcam["columns"][0]
+        truth = run.gradcam.get("true_class") or []
+        pairs = [(p, t) for p, t in zip(col["predicted"], truth, strict=False) if t is not None]
+        if pairs and all(p is not None for p, _ in pairs):
+            out[run.label] = 100.0 * sum(p == t for p, t in pairs) / len(pairs)
+    return out

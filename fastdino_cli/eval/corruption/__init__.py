@@ -1,1 +1,1 @@
-"""ImageNet-C: the 19 corruptions, the image sets and the evaluation (``run.corrupt_eval``)."""
+"""ImageNet-C: the 19 corruptions, the image sets and the evaluation (``run.run_corrupt_eval``)."""

@@ -9,17 +9,17 @@ Two sources of corrupted images:
   corrupted on the fly in data-loader workers (deterministic under ``seed``), optionally stored
   with ``write_c=OUT`` in the released layout.
 
-Classification uses the probe head stored in each checkpoint
-(:func:`fastdino_cli.eval.classifier.load_probe_classifier`), chosen on clean data. A notebook
+:func:`run_corrupt_eval` is ``fastdino corrupt-eval`` as one call: it classifies with the probe
+head stored in each checkpoint (:func:`fastdino_cli.eval.classifier.load_probe_classifier`),
+chosen on clean data, and with ``out`` writes the numbers (``result.write_results``). A notebook
 can call :func:`evaluate_classifiers` with any model exposing ``class_names`` and mapping
-[0, 1] pixels to logits.
+[0, 1] pixels to logits. Nothing here draws: the drawing package does (``draw_corrupt_eval``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,31 +47,8 @@ from fastdino_cli.eval.corruption.metrics import (
 )
 from fastdino_cli.eval.corruption.registry import ALL, BENCHMARK, EXTRA, group_of, parse_corruptions
 from fastdino_cli.eval.corruption.registry import parse_severities as _parse_severities
-from fastdino_cli.fileio import atomic_write, write_text
-
-
-@dataclass
-class CorruptEvalResult:
-    """Everything one run measured, as tables a notebook can use directly.
-
-    ``cells``: one row per (model, corruption, severity) with top1, top5 (fractions) and n;
-    ``summary``: one row per model with clean accuracy, the means over the 15 benchmark, the 4
-    extra and all 19 corruptions (over the selected ones), mCE and relative mCE (NaN when not
-    defined; ``notes`` says why).
-    """
-
-    cells: pd.DataFrame
-    summary: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-
-    def per_corruption(self, metric: str = "top1") -> pd.DataFrame:
-        """Mean over the selected severities: rows corruptions (in benchmark order), cols models."""
-        table = self.cells.pivot_table(
-            index="corruption", columns="model", values=metric, aggfunc="mean", sort=False
-        )
-        order = [c for c in ALL if c in table.index]
-        return table.loc[order, list(dict.fromkeys(self.cells["model"]))]
+from fastdino_cli.eval.corruption.result import CorruptEvalResult, write_results
+from fastdino_cli.eval.outputs import check_output_dir
 
 
 def _resolve_transform(model, mode: str) -> Callable:
@@ -321,57 +298,45 @@ def _mean(per_c: pd.Series, subset: tuple[str, ...]) -> float:
     return float(np.mean(chosen)) if chosen else np.nan
 
 
-def corrupt_eval(checkpoints: list[str | Path], *, device: str = "auto", **kwargs):
-    """Load each checkpoint's probe classifier and call :func:`evaluate_classifiers`."""
+def run_corrupt_eval(
+    checkpoints: Sequence[str | Path],
+    *,
+    imagenet_c: str | Path | None = None,
+    val: str | Path | None = None,
+    clean: str | Path | None = None,
+    write_c: str | Path | None = None,
+    corruptions: str | list[str] | None = "all",
+    severities: str | list[int] | None = "1-5",
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    max_per_class: int | None = None,
+    resize_c: bool = False,
+    out: str | Path | None = None,
+) -> CorruptEvalResult:
+    """``fastdino corrupt-eval`` as one call: every checkpoint's stored probe classifier on the
+    corrupted images (see the module docstring for the two sources).
+
+    With ``out``, the numbers are also written there (``cells.csv``, ``summary.csv``,
+    ``results.json``; ``result.files`` lists them); the plots are drawn from the result by
+    ``draw_corrupt_eval`` of the drawing package.
+    """
     from fastdino_cli.devices import resolve_device
     from fastdino_cli.eval.classifier import load_probe_classifier
 
-    device = str(resolve_device(device))
+    if out is not None:
+        check_output_dir(out)  # before the evaluation, not after it
+    dev = str(resolve_device(device))
     models: dict[str, object] = {}
     for path in checkpoints:
         name = Path(path).stem if Path(path).stem not in models else str(path)
-        models[name] = load_probe_classifier(path, device=device)
-    return evaluate_classifiers(models, device=device, **kwargs)
-
-
-def format_table(result: CorruptEvalResult) -> str:
-    """Terminal table: top-1 (%) per corruption (per severity for one model), then the summary."""
-    models = list(result.summary["model"])
-    if len(models) == 1:
-        grid = result.cells.pivot_table(
-            index="corruption", columns="severity", values="top1", sort=False
-        )
-        grid.columns = [f"s{c}" for c in grid.columns]
-        grid["mean"] = grid.mean(axis=1)
-        grid = grid.loc[[c for c in ALL if c in grid.index]]
-    else:
-        grid = result.per_corruption("top1")
-    lines = [(grid * 100).round(1).to_string()]
-    summ = result.summary.set_index("model")
-    pct = ["clean_top1", "clean_top5", "mean_benchmark", "mean_extra", "mean_all"]
-    shown = summ[pct] * 100
-    shown[["mCE", "relative_mCE"]] = summ[["mCE", "relative_mCE"]]
-    lines += ["", shown.round(1).to_string(na_rep="-")]
-    lines += [f"note: {n}" for n in result.notes]
-    return "\n".join(lines)
-
-
-def save_results(result: CorruptEvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``cells.csv``, ``summary.csv`` and ``results.json`` into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "cells": out / "cells.csv",
-        "summary": out / "summary.csv",
-        "json": out / "results.json",
-    }
-    atomic_write(paths["cells"], lambda f: result.cells.to_csv(f, index=False), text=True)
-    atomic_write(paths["summary"], lambda f: result.summary.to_csv(f, index=False), text=True)
-    payload = {
-        "meta": result.meta,
-        "notes": result.notes,
-        "summary": json.loads(result.summary.to_json(orient="records")),
-        "cells": json.loads(result.cells.to_json(orient="records")),
-    }
-    write_text(paths["json"], json.dumps(payload, indent=2))
-    return paths
+        models[name] = load_probe_classifier(path, device=dev)
+    result = evaluate_classifiers(
+        models, imagenet_c=imagenet_c, val=val, clean=clean, write_c=write_c,
+        corruptions=corruptions, severities=severities, seed=seed, batch_size=batch_size,
+        workers=workers, device=dev, max_per_class=max_per_class, resize_c=resize_c,
+    )  # fmt: skip
+    if out is not None:
+        result.files = write_results(result, out)
+    return result

@@ -1,18 +1,13 @@
-"""`fastdino fourier-heatmap` as a library call: checkpoints + labelled folder -> files on disk.
+"""`fastdino fourier-heatmap` as a library call: checkpoints + labelled folder -> numbers on disk.
 
 ``run_fourier_heatmaps`` is what the CLI calls and what a notebook can call with the same
 arguments. It loads every checkpoint's stored probe head first (so a checkpoint without one
 fails before hours of work), picks the evaluation images (N per class under a seed, as Yin et
 al. and the FastDINOv2 analysis do with 5 per class), computes each heatmap with
-``fourier.compute_fourier_heatmap`` (resumable through ``<out>/<label>/state.npz``), and writes::
-
-    <out>/<label>/error.npy               top-1 error per frequency, DC at the centre
-    <out>/<label>/error_minus_clean.npy   the same minus the clean error
-    <out>/<label>/meta.json               eps, size, window, seed, images, checkpoint hash, probe
-    <out>/<label>/heatmap.png             error and error - clean for this checkpoint
-    <out>/side_by_side.png                every checkpoint, one shared colour scale
-    <out>/radial.png                      (with radial=True) error vs frequency radius
-    <out>/summary.json                    the shared settings and each checkpoint's clean error
+``basis.compute_fourier_heatmap`` (resumable through ``<out>/<label>/state.npz``) and writes
+the arrays and metadata laid out in ``result.py``. It draws nothing: the PNGs
+(``<label>/heatmap.png``, ``side_by_side.png``, ``radial.png``) come from ``draw_fourier_run``
+of the drawing package.
 """
 
 from __future__ import annotations
@@ -21,12 +16,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import json
+import math
 import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +31,24 @@ from torch import Tensor
 from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import ConfigError, DataError
 from fastdino_cli.eval.fourier.basis import (
-    FourierResult,
     compute_fourier_heatmap,
     default_eps,
     half_plane_frequencies,
 )
-from fastdino_cli.figures.fourier import plot_heatmap, plot_radial, plot_side_by_side
-from fastdino_cli.fileio import atomic_write
+from fastdino_cli.eval.fourier.result import (
+    RADIAL,
+    SUMMARY,
+    FourierRun,
+    write_heatmap,
+    write_json,
+    write_radial,
+)
+from fastdino_cli.eval.outputs import check_output_dir
 
 EPS_CONVENTION = (
     "L2 norm per channel of the perturbation in [0,1] pixel space; default 15.7*size/224 "
     "(Yin et al.'s ImageNet value at 224 px, same per-pixel amplitude at any size)"
 )
-
-
-@dataclass
-class FourierRun:
-    """What ``run_fourier_heatmaps`` computed and where it wrote it."""
-
-    labels: list[str]
-    results: list[FourierResult]
-    out: Path
-    files: dict[str, list[Path]] = field(default_factory=dict)
 
 
 def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
@@ -150,14 +140,6 @@ def _probe_identity(clf: Any) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), text=True)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array))
-
-
 def run_fourier_heatmaps(
     checkpoints: Sequence[str | Path],
     data: str | Path,
@@ -175,10 +157,11 @@ def run_fourier_heatmaps(
     bf16: bool = False,
     progress: bool = True,
 ) -> FourierRun:
-    """Fourier heatmaps of several checkpoints on one image set, with figures and raw arrays.
+    """Fourier heatmaps of several checkpoints on one image set; the numbers written to ``out``.
 
     Every checkpoint is evaluated at the same ``size`` (default: the first probe's crop size)
-    so their maps share one grid and one colour scale.
+    so their maps share one grid and one colour scale. ``radial`` also writes the mean error
+    per frequency radius (``radial.csv``) and marks the run for the radial figure.
     """
     from fastdino_cli.eval.classifier import load_probe_classifier
 
@@ -188,23 +171,19 @@ def run_fourier_heatmaps(
     for name, value in (("--images-per-class", images_per_class), ("--max-images", max_images)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} {value} must be at least 1")
-    if eps is not None and eps <= 0:
-        raise ConfigError(f"--eps {eps} must be positive")
+    if eps is not None and not (math.isfinite(eps) and eps > 0):
+        raise ConfigError(f"--eps {eps} must be a positive number")
+    out_dir = check_output_dir(out)
     dev = resolve_device(device)
     if bf16 and dev.type != "cuda":
         raise ConfigError("--bf16 needs a CUDA device; drop it on CPU")
     classifiers = [load_probe_classifier(p, device="cpu") for p in paths]  # fail fast, no probe
-    size = int(size or classifiers[0].image_size)
-    for p, clf in zip(paths, classifiers, strict=True):
-        patch = int(clf.backbone.patch_size)
-        if size % patch:
-            raise ConfigError(f"--size {size} is not a multiple of {p}'s patch size {patch}")
+    size = check_size(size, paths, classifiers)
     half_plane_frequencies(size, window)  # validates the window before any work
     eps = default_eps(size) if eps is None else float(eps)
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = checkpoint_labels(paths)
-    run = FourierRun(labels=labels, results=[], out=out_dir, files={})
+    run = FourierRun(labels=labels, results=[], out=out_dir, radial=radial, files={})
     cache: dict[tuple, tuple[Tensor, Tensor, list[str], str]] = {}
 
     for path, label, clf in zip(paths, labels, classifiers, strict=True):
@@ -250,8 +229,6 @@ def run_fourier_heatmaps(
         )
         seconds = time.perf_counter() - t0
         clf.to("cpu")
-        _write_npy(folder / "error.npy", result.error)
-        _write_npy(folder / "error_minus_clean.npy", result.error_minus_clean)
         meta = {
             "checkpoint": str(path),
             "checkpoint_sha256": sha,
@@ -280,16 +257,9 @@ def run_fourier_heatmaps(
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": platform.node(),
         }
-        _write_json(folder / "meta.json", meta)
-        png = plot_heatmap(result, label, folder / "heatmap.png")
+        run.files[label] = write_heatmap(folder, result, meta)
         run.results.append(result)
-        run.files[label] = [folder / "error.npy", folder / "error_minus_clean.npy"]
-        run.files[label] += [folder / "meta.json", png]
 
-    shared = [plot_side_by_side(run.results, labels, out_dir / "side_by_side.png")]
-    if radial:
-        shared.append(plot_radial(run.results, labels, out_dir / "radial.png"))
-    run.files["shared"] = shared
     summary = {
         "eps": eps,
         "size": size,
@@ -299,7 +269,25 @@ def run_fourier_heatmaps(
             {"label": lab, "checkpoint": str(p), "clean_error": r.clean_error}
             for lab, p, r in zip(labels, paths, run.results, strict=True)
         ],
-        "figures": [str(p.name) for p in shared],
     }
-    _write_json(out_dir / "summary.json", summary)
+    run.files["shared"] = [write_json(out_dir / SUMMARY, summary)]
+    if radial:
+        run.files["shared"].append(write_radial(out_dir / RADIAL, labels, run.results))
     return run
+
+
+def check_size(size: int | None, paths: Sequence[Path], classifiers: Sequence[Any]) -> int:
+    """The evaluation size: ``size``, else the first probe's crop size; it must be a positive
+    multiple of every checkpoint's patch size (0 is not "the default")."""
+    default = int(classifiers[0].image_size)
+    if size is None:
+        size = default
+    for p, clf in zip(paths, classifiers, strict=True):
+        patch = int(clf.backbone.patch_size)
+        if size < 1 or size % patch:
+            raise ConfigError(
+                f"--size {size} is not a valid image size for {p}: give a positive multiple of "
+                f"its patch size {patch} ({patch}, {2 * patch}, {3 * patch}, ...), or leave "
+                f"--size out for the probe's crop size {default}"
+            )
+    return int(size)

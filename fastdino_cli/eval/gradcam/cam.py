@@ -51,8 +51,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from fastdino_cli.errors import ConfigError
-
-DEFAULT_TARGET_LAYER = "blocks.-1.norm1"
+from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,7 @@ METHODS: dict[str, CamMethod] = {
     "scorecam": CamMethod(ScoreCAM, True, "forward passes with each channel as a mask (slow)"),
     "ablationcam": CamMethod(AblationCAM, True, "drop in target when each channel is ablated"),
 }
-
-
-def method_names() -> list[str]:
-    return list(METHODS)
+"""Keyed by ``spec.METHOD_NAMES`` (the light list ``--help`` shows; a test keeps them equal)."""
 
 
 def get_method(name: str) -> CamMethod:

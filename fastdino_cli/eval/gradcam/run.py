@@ -9,11 +9,8 @@ activations alone.
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +19,7 @@ from torch import Tensor
 
 from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import CheckpointError, ConfigError, DataError
-from fastdino_cli.eval.gradcam.cam import (
-    DEFAULT_TARGET_LAYER,
-    class_targets,
-    compute_cam,
-    get_method,
-    similarity_targets,
-)
+from fastdino_cli.eval.gradcam.cam import class_targets, compute_cam, get_method, similarity_targets
 from fastdino_cli.eval.gradcam.inputs import (
     CamModel,
     Sample,
@@ -39,64 +30,9 @@ from fastdino_cli.eval.gradcam.inputs import (
     sample_per_class,
     sized_transform,
 )
-from fastdino_cli.fileio import atomic_write, write_text
-
-TARGET_HELP = "predicted | true | class:NAME | self | prototype | prototype:NAME"
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """What a map explains; ``class_name`` for ``class:NAME`` and ``prototype:NAME``."""
-
-    kind: str
-    class_name: str | None = None
-
-    @property
-    def needs_probe(self) -> bool:
-        return self.kind in ("predicted", "true", "class")
-
-
-def parse_target(text: str) -> TargetSpec:
-    kind, _, name = text.partition(":")
-    kind = kind.strip().lower()
-    if kind in ("predicted", "true", "self", "prototype") and not name:
-        return TargetSpec(kind)
-    if kind in ("class", "prototype") and name.strip():
-        return TargetSpec(kind, name.strip())
-    raise ConfigError(f"bad --target {text!r}; use one of: {TARGET_HELP}")
-
-
-@dataclass
-class CheckpointMaps:
-    """One figure column: a checkpoint's maps and what each explains."""
-
-    name: str
-    path: str | None
-    maps: np.ndarray
-    """(N, H, W) float32 in [0, 1], one per image, the size of the network input."""
-    predicted: list[str | None]
-    """The probe's predicted class per image (None without a probe)."""
-    confidence: list[float | None]
-    explained: list[str]
-    """Per image, e.g. ``class cat``, ``cos to prototype cat``, ``own embedding``."""
-    score: list[float | None]
-    """The target's value: softmax probability of the class, or the cosine."""
-
-
-@dataclass
-class GradCamResult:
-    samples: list[Sample]
-    pixels: np.ndarray
-    """(N, H, W, 3) float32 in [0, 1]: exactly what the networks saw, before normalising."""
-    columns: list[CheckpointMaps]
-    method: str
-    target: str
-    target_layer: str
-    files: list[Path] = field(default_factory=list)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+from fastdino_cli.eval.gradcam.result import CheckpointMaps, GradCamResult, write_gradcam
+from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER, TargetSpec, parse_target
+from fastdino_cli.eval.outputs import check_output_dir
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -195,21 +131,34 @@ def run_gradcam(
     device: str = "auto",
     seed: int = 0,
     progress: bool | None = None,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> GradCamResult:
-    """Grad-CAM maps of every checkpoint on the same images; optionally write them to ``out_dir``.
+    """Grad-CAM maps of every checkpoint on the same images; optionally write them to ``out``.
 
     Images come from ``images`` (files or folders) or ``per_class`` images of every class of the
-    labelled folder ``data``. ``target``: see ``TARGET_HELP``; ``prototype`` targets use class
-    means over ``prototype_data`` (default ``data``). ``out_dir`` receives ``gradcam.png``,
-    ``gradcam.json`` and ``maps/<checkpoint>/<NNN>_<image>.npy``.
+    labelled folder ``data``. ``target``: see ``spec.TARGET_HELP``; ``prototype`` targets use class
+    means over ``prototype_data`` (default ``data``). ``out`` receives ``gradcam.json`` and
+    ``maps/<checkpoint>/<NNN>_<image>.npy`` (``result.py``); the grid figure is drawn from the
+    result by ``draw_gradcam`` of the drawing package.
     """
     if not checkpoints:
         raise ConfigError("give at least one checkpoint")
+    if out is not None:
+        check_output_dir(out)
     spec = parse_target(target)
     cam_method = get_method(method)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(
+            f"--image-size {image_size}: give a positive size in pixels, a multiple of the patch "
+            "size (or leave it out for the probe's eval size)"
+        )
+    if prototype_per_class is not None and prototype_per_class < 1:
+        raise ConfigError(
+            f"--prototype-per-class {prototype_per_class} must be at least 1 (0 on the command "
+            "line: all images)"
+        )
     if images and data is not None:
         raise ConfigError("give either --images or --data, not both")
     if images:
@@ -330,55 +279,6 @@ def run_gradcam(
         target=target,
         target_layer=target_layer,
     )
-    if out_dir is not None:
-        result.files = write_gradcam(result, out_dir)
+    if out is not None:
+        result.files = write_gradcam(result, out)
     return result
-
-
-def write_gradcam(result: GradCamResult, out_dir: str | Path) -> list[Path]:
-    """Write ``gradcam.png`` (the grid), ``gradcam.json`` and one ``.npy`` per map."""
-    from fastdino_cli.figures.gradcam import plot_gradcam_grid
-
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create output folder {out}: {e.strerror or e}") from None
-    files: list[Path] = []
-    meta_cols = []
-    for c in result.columns:
-        folder = out / "maps" / _slug(c.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        npys = []
-        for i, (s, cam) in enumerate(zip(result.samples, c.maps, strict=True)):
-            f = folder / f"{i:03d}_{_slug(s.path.stem)}.npy"
-            atomic_write(f, lambda fh, a=cam.astype(np.float32): np.save(fh, a))
-            npys.append(str(f.relative_to(out)))
-            files.append(f)
-        meta_cols.append(
-            {
-                "name": c.name,
-                "checkpoint": c.path,
-                "maps": npys,
-                "predicted": c.predicted,
-                "confidence": c.confidence,
-                "explained": c.explained,
-                "score": c.score,
-            }
-        )
-    png = plot_gradcam_grid(result, out / "gradcam.png")
-    files.append(png)
-    meta = {
-        "method": result.method,
-        "target": result.target,
-        "target_layer": result.target_layer,
-        "image_size": list(result.pixels.shape[1:3]),
-        "images": [str(s.path) for s in result.samples],
-        "true_class": [s.true_class for s in result.samples],
-        "columns": meta_cols,
-        "figure": png.name,
-    }
-    meta_path = out / "gradcam.json"
-    write_text(meta_path, json.dumps(meta, indent=2))
-    files.append(meta_path)
-    return files

@@ -11,109 +11,23 @@ augmentation strategy (``invariance.py``).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from fastdino_cli import checkpoint as ckpt_mod
-from fastdino_cli.data.labelled import check_same_classes, scan_labelled_folder
 from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.classifier import make_probe_entry, save_probe_entry
 from fastdino_cli.eval.features import FeatureRecipe, default_recipe, extract_features, model_hash
-from fastdino_cli.eval.probe.knn import DEFAULT_KS, KnnResult, knn_classify
-from fastdino_cli.eval.probe.linear import DEFAULT_LRS, LinearResult, linear_probe
-from fastdino_cli.fileio import write_text
-
-
-@dataclass
-class ProbeRow:
-    """Every number measured for one model (a checkpoint, or its random-init twin)."""
-
-    name: str
-    checkpoint: str
-    random_init: bool
-    recipe: FeatureRecipe
-    num_train: int
-    num_val: int
-    num_classes: int
-    knn: list[KnnResult]
-    linear: LinearResult
-    invariance: dict[str, float] | None = None
-    features_cached: bool = False
-    seconds: float = 0.0
-    stored_in: str | None = None
-
-    def flat(self) -> dict[str, Any]:
-        """One table row: plain columns, accuracies in %."""
-        row: dict[str, Any] = {"model": self.name}
-        for r in self.knn:
-            row[f"knn{r.k}"] = round(r.top1, 2)
-        best_k = max(self.knn, key=lambda r: r.k)
-        row[f"knn{best_k.k}_top5"] = round(best_k.top5, 2)
-        row["linear"] = round(self.linear.val_top1, 2)
-        row["linear_top5"] = round(self.linear.val_top5, 2)
-        row["heldout"] = round(self.linear.holdout_top1, 2)
-        row["best_on_val*"] = round(self.linear.best_on_val_top1, 2)
-        row["head"] = self.linear.spec.label()
-        for strategy, value in (self.invariance or {}).items():
-            row[f"inv_{strategy}"] = round(value, 4)
-        return row
-
-    def to_dict(self) -> dict[str, Any]:
-        lin = self.linear
-        return {
-            "name": self.name,
-            "checkpoint": self.checkpoint,
-            "random_init": self.random_init,
-            "recipe": self.recipe.to_dict(),
-            "num_train": self.num_train,
-            "num_val": self.num_val,
-            "num_classes": self.num_classes,
-            "knn": {str(r.k): {"top1": r.top1, "top5": r.top5} for r in self.knn},
-            "linear": {
-                "top1": lin.val_top1,
-                "top5": lin.val_top5,
-                "holdout_top1": lin.holdout_top1,
-                "head": {
-                    "n_last_blocks": lin.spec.n_last_blocks,
-                    "avgpool": lin.spec.avgpool,
-                    "lr": lin.spec.lr,
-                },
-                "num_fit": lin.num_fit,
-                "num_holdout": lin.num_holdout,
-                "best_on_val_top1_optimistic": lin.best_on_val_top1,
-                "best_on_val_head": lin.best_on_val_spec.label(),
-                "holdout_top1_per_head": dict(lin.holdout_table),
-            },
-            "invariance": self.invariance,
-            "features_cached": self.features_cached,
-            "seconds": round(self.seconds, 3),
-            "stored_in": self.stored_in,
-        }
-
-
-@dataclass
-class ProbeReport:
-    """Rows of the comparison table (one per model) and how they were measured."""
-
-    rows: list[ProbeRow]
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        """Accuracies in %; ``best_on_val*`` is the reference's optimistic head choice on val;
-        ``inv_*`` are mean cosine similarities between views (``different-images``: scale)."""
-        return pd.DataFrame([r.flat() for r in self.rows])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings, "rows": [r.to_dict() for r in self.rows]}
+from fastdino_cli.data.labelled import check_same_classes, scan_labelled_folder
+from fastdino_cli.eval.probe.knn import DEFAULT_KS, knn_classify
+from fastdino_cli.eval.probe.linear import DEFAULT_LRS, linear_probe
+from fastdino_cli.eval.probe.result import ProbeReport, ProbeRow, write_probe_json, write_table_csv
 
 
 def random_init_backbone(arch: dict[str, Any], seed: int = 0) -> nn.Module:
@@ -150,8 +64,10 @@ def run_probe(
     num_workers: int = 0,
     extract_batch_size: int = 128,
     seed: int = 0,
+    csv: str | Path | None = None,
 ) -> ProbeReport:
-    """Probe every checkpoint; store each chosen head (unless ``write=False``); one report."""
+    """``fastdino probe`` as one call: probe every checkpoint, store each chosen head and its
+    ``probe.json`` (unless ``write=False``), write the table to ``csv`` if given; one report."""
     if not checkpoints:
         raise ConfigError("give at least one checkpoint to probe")
     if out is not None and len(checkpoints) != 1:
@@ -211,10 +127,13 @@ def run_probe(
         if write:
             stored = _store_head(path, main, train_folder.class_names, settings, out)
             main.stored_in = str(stored)
-            _write_results_json(Path(out) if out else Path(path), per_ckpt)
+            write_probe_json(Path(out) if out else Path(path), per_ckpt)
         rows.extend(per_ckpt)
         del backbone, models
-    return ProbeReport(rows=rows, settings=settings)
+    report = ProbeReport(rows=rows, settings=settings)
+    if csv is not None:
+        write_table_csv(report, csv)
+    return report
 
 
 def _probe_one(
@@ -303,16 +222,3 @@ def _store_head(
                   "num_val": row.num_val},
     )  # fmt: skip
     return save_probe_entry(path, entry, out)
-
-
-def _write_results_json(ckpt_path: Path, rows: list[ProbeRow]) -> Path:
-    """``probe.json`` beside the checkpoint, keyed by checkpoint file name (other keys kept)."""
-    target = ckpt_path.parent / "probe.json"
-    data: dict[str, Any] = {}
-    if target.is_file():
-        try:
-            data = json.loads(target.read_text())
-        except (OSError, json.JSONDecodeError):
-            data = {}
-    data[ckpt_path.name] = [r.to_dict() for r in rows]
-    return write_text(target, json.dumps(data, indent=2) + "\n")
