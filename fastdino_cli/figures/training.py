@@ -6,12 +6,13 @@ stacked panels sharing the step axis and marks every curriculum stage switch wit
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 
 import pandas as pd
 
-from fastdino_cli.errors import DataError
+from fastdino_cli import rundir as rd
+from fastdino_cli.errors import DataError, FastdinoError
 from fastdino_cli.fileio import save_figure
 
 LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
@@ -20,17 +21,12 @@ LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``RUN_DIR/metrics.jsonl`` as a DataFrame sorted by step (torn last lines are skipped)."""
     path = Path(run_dir)
-    path = path / "metrics.jsonl" if path.is_dir() else path
+    path = path / rd.METRICS if path.is_dir() else path
     if not path.is_file():
         raise DataError(
             f"{path} does not exist; pass a run directory written by `fastdino pretrain`"
         )
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    rows = rd.read_metrics(path)
     if not rows:
         raise DataError(f"{path} holds no metrics yet")
     return pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
@@ -87,11 +83,9 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
             va="top",
         )
     name = run_dir.name
-    cfg_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "config.yaml"
-    if cfg_path.is_file():
-        import yaml
-
-        name = (yaml.safe_load(cfg_path.read_text()) or {}).get("preset") or name
+    with contextlib.suppress(FastdinoError):  # a damaged config only costs the title
+        stored = rd.read_stored_config(run_dir if run_dir.is_dir() else run_dir.parent)
+        name = (stored or {}).get("preset") or name
     title = f"{name}: {int(df['step'].iloc[-1]) + 1} steps"
     fig.suptitle(title)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ from fastdino_cli.report.tables import (
     robustness_table,
     runs_table,
 )
+from fastdino_cli.rundir import FINAL
 
 SECTIONS = ("Runs", "Probes", "Robustness", "Training curves", "Fourier", "Grad-CAM")
 
@@ -95,9 +96,9 @@ def build_report(
     settings = settings or EvalSettings()
     if run_missing:
         for run_dir, label in zip(run_dirs, labels, strict=True):
-            if not (run_dir / "final.pt").is_file():
+            if not (run_dir / FINAL).is_file():
                 raise ConfigError(
-                    f"{run_dir} has no final.pt; train it first: fastdino pretrain --out {run_dir}"
+                    f"{run_dir} has no {FINAL}; train it first: fastdino pretrain --out {run_dir}"
                 )
             for step in evaluation_steps(run_dir, label, settings):
                 if not step.done():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastdino_cli.report.tables import CHECKPOINT, CORRUPT_DIR, FOURIER_DIR, GRADCAM_DIR
+from fastdino_cli.rundir import CONFIG, PROBE_JSON
 
 
 @dataclass
@@ -54,7 +55,7 @@ def labelled_data(run_dir: Path, settings: EvalSettings | None = None) -> tuple[
     """(train, val) folders: the settings', else ``train``/``val`` beside the run's data.train."""
     if settings and settings.train and settings.val:
         return Path(settings.train), Path(settings.val)
-    cfg_path = Path(run_dir) / "config.yaml"
+    cfg_path = Path(run_dir) / CONFIG
     if not cfg_path.is_file():
         return None
     from fastdino_cli.config import load_config_yaml
@@ -121,10 +122,10 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         return found
 
     def probe_done() -> bool:
-        rows = _read_json(run_dir / "probe.json").get(CHECKPOINT) or []
+        rows = _read_json(run_dir / PROBE_JSON).get(CHECKPOINT) or []
         has_random = any(r.get("random_init") for r in rows)
         return (
-            _newer(run_dir / "probe.json", ckpt)
+            _newer(run_dir / PROBE_JSON, ckpt)
             and bool(rows)
             and (has_random or not s.baseline_random)
         )
@@ -145,7 +146,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         meta = _read_json(path).get("meta") or {}
         return (
             _newer(path, ckpt)
-            and _newer(path, run_dir / "probe.json")
+            and _newer(path, run_dir / PROBE_JSON)
             and meta.get("corruptions") == parse_corruptions(s.corruptions)
             and meta.get("severities") == parse_severities(s.severities)
         )
@@ -168,7 +169,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
         size_ok = s.fourier_size is None or meta.get("size") == s.fourier_size
         return (
             _newer(path, ckpt)
-            and _newer(path, run_dir / "probe.json")
+            and _newer(path, run_dir / PROBE_JSON)
             and size_ok
             and meta.get("window") == s.fourier_window
             and meta.get("images_per_class") == s.fourier_images_per_class
@@ -185,7 +186,7 @@ def evaluation_steps(run_dir: Path, label: str, settings: EvalSettings) -> list[
 
     def gradcam_done() -> bool:
         path = run_dir / GRADCAM_DIR / "gradcam.json"
-        return _newer(path, ckpt) and _newer(path, run_dir / "probe.json")
+        return _newer(path, ckpt) and _newer(path, run_dir / PROBE_JSON)
 
     def gradcam() -> Any:
         from fastdino_cli.eval.gradcam.run import run_gradcam

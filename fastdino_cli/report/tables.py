@@ -27,11 +27,18 @@ import pandas as pd
 
 from fastdino_cli.config import Config, load_config_yaml
 from fastdino_cli.errors import DataError, FastdinoError
+from fastdino_cli.rundir import (
+    CONFIG,
+    CORRUPT_DIR,
+    FINAL,
+    FOURIER_DIR,
+    GRADCAM_DIR,
+    METRICS,
+    PROBE_JSON,
+)
 
-CORRUPT_DIR = "corrupt-eval"
-FOURIER_DIR = "fourier"
-GRADCAM_DIR = "gradcam"
-CHECKPOINT = "final.pt"
+CHECKPOINT = FINAL
+"""The checkpoint of a run that a report reads."""
 GROUP_NAMES = ("noise", "blur", "weather", "digital", "extra")
 KNN_K = 20
 """The kNN column of the summary (DINOv2's headline k); every k measured is in probe.csv."""
@@ -68,14 +75,14 @@ def read_run(run_dir: str | Path, label: str | None = None) -> RunData:
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; pass run directories written by pretrain")
     run = RunData(root, label or root.resolve().name)
-    cfg_path = root / "config.yaml"
+    cfg_path = root / CONFIG
     if cfg_path.is_file():
         run.config = _guard(run, cfg_path, lambda: load_config_yaml(cfg_path.read_text()))
-    if (root / "metrics.jsonl").is_file():
+    if (root / METRICS).is_file():
         from fastdino_cli.figures.training import load_metrics
 
-        run.metrics = _guard(run, root / "metrics.jsonl", lambda: load_metrics(root))
-    run.probe = _guard(run, root / "probe.json", lambda: read_probe(root))
+        run.metrics = _guard(run, root / METRICS, lambda: load_metrics(root))
+    run.probe = _guard(run, root / PROBE_JSON, lambda: read_probe(root))
     corrupt = root / CORRUPT_DIR
     if (corrupt / "summary.csv").is_file():
         summary = _guard(run, corrupt / "summary.csv", lambda: pd.read_csv(corrupt / "summary.csv"))
@@ -111,7 +118,7 @@ def _json(path: Path) -> Any:
 
 def read_probe(run_dir: Path) -> list[dict[str, Any]] | None:
     """probe.json rows of ``final.pt``; else the accuracy stored in final.pt's ``probe`` entry."""
-    path = run_dir / "probe.json"
+    path = run_dir / PROBE_JSON
     if path.is_file():
         data = _json(path)
         rows = data.get(CHECKPOINT) or next(iter(data.values()), None)
@@ -277,9 +284,7 @@ def runs_table(runs: list[RunData]) -> pd.DataFrame:
     rows = []
     for run in runs:
         t = training_numbers(run) or {}
-        f = _guard(
-            run, run.run_dir / "config.yaml", lambda r=run, t=t: flops_numbers(r, t.get("steps"))
-        )
+        f = _guard(run, run.run_dir / CONFIG, lambda r=run, t=t: flops_numbers(r, t.get("steps")))
         rows.append(
             {
                 "run": run.label,

@@ -31,6 +31,7 @@ from fastdino_cli.eval.labelled import check_same_classes, scan_labelled_folder
 from fastdino_cli.eval.probe.knn import DEFAULT_KS, KnnResult, knn_classify
 from fastdino_cli.eval.probe.linear import DEFAULT_LRS, LinearResult, linear_probe
 from fastdino_cli.fileio import write_text
+from fastdino_cli.rundir import PROBE_JSON
 
 
 @dataclass
@@ -307,7 +308,7 @@ def _store_head(
 
 def _write_results_json(ckpt_path: Path, rows: list[ProbeRow]) -> Path:
     """``probe.json`` beside the checkpoint, keyed by checkpoint file name (other keys kept)."""
-    target = ckpt_path.parent / "probe.json"
+    target = ckpt_path.parent / PROBE_JSON
     data: dict[str, Any] = {}
     if target.is_file():
         try:
