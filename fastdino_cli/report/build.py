@@ -196,7 +196,7 @@ def _runs_section(report: Report, settings) -> list[str]:
     lines = ["## Runs", "", _table(header, rows), ""]
     lines.append(
         "Wall-clock is the sum of the logged training windows (restarts not counted); FLOPs "
-        "come from `fastdino pretrain --plan` (`train/flops.py`) for the steps done."
+        "come from `fastdino pretrain --plan` (`train/plan.py`) for the steps done."
     )
     no_train = [r for r in report.runs if r.metrics is None]
     if no_train:

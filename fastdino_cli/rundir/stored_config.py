@@ -50,8 +50,7 @@ def read_stored_config(run_dir: Path) -> dict[str, Any] | None:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path} is not valid YAML ({first}); {_DAMAGED}") from None
+        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}); {_DAMAGED}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file; {_DAMAGED}") from None
     if data is None:
@@ -62,6 +61,15 @@ def read_stored_config(run_dir: Path) -> dict[str, Any] | None:
             f"keys); {_DAMAGED}"
         )
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What the parser found and where, in a few words."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def stored_path_bases(run_dir: Path, stored: dict[str, Any]) -> list[Path]:
