@@ -20,7 +20,6 @@ from fastdino_cli.config import resolve_config
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.rundir import CHECKPOINT
 from fastdino_cli.train import launch
-from fastdino_cli.train.distributed import shutdown
 
 EXAMPLES = """Examples:
 
@@ -72,6 +71,7 @@ def pretrain_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
+    from fastdino_cli.train.distributed import shutdown
     from fastdino_cli.train.loop import pretrain
 
     items = list(overrides or [])
