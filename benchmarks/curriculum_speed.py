@@ -6,11 +6,11 @@ this script measures what the hardware actually delivers, in one process, for th
 - **step only** (data loading excluded): a synthetic in-memory batch of the stage's shapes
   (random uint8 crops, iBOT masks from the real collate function), timed over the full
   training step: forward of teacher and student, losses, backward, per-module clipping, AdamW,
-  EMA update of the teacher. It is the loop's own step (``train.step.TrainStep``) on a model
-  and optimizer built and prepared as the loop builds them; a step ends when its scalars have
-  reached the host.
+  EMA update of the teacher. It is the loop's own stack (``train.build.build_training``: the
+  model, optimizer, schedules and ``TrainStep`` the loop trains with); a step ends when its
+  scalars have reached the host.
 - **with the loader** (data loading included): the loop's own DataLoader
-  (``train.loader.build_loader``: workers, prefetch and pinned memory from ``data.*``) over
+  (``train.build.build_train_loader``: workers, prefetch and pinned memory from ``data.*``) over
   generated JPEG and PNG files (or ``--images DIR``), timed from asking for the batch to the
   end of the step.
 
@@ -46,20 +46,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
-from fastdino_cli.curriculum import (  # noqa: E402
-    is_restart_step,
-    resolve_stages,
-    stage_starts,
-)
+from fastdino_cli.curriculum import resolve_stages, stage_starts  # noqa: E402
 from fastdino_cli.data.images import scan_images  # noqa: E402
 from fastdino_cli.data.masking import CropSample, MultiCropCollate  # noqa: E402
-from fastdino_cli.ssl.meta import SSLMetaArch  # noqa: E402
-from fastdino_cli.train.loader import build_loader  # noqa: E402
-from fastdino_cli.train.loop import build_accelerator, build_schedules  # noqa: E402
+from fastdino_cli.train.build import build_train_loader, build_training  # noqa: E402
+from fastdino_cli.train.loader import StepRange  # noqa: E402
 from fastdino_cli.train.plan import plan_config  # noqa: E402
-from fastdino_cli.train.schedules import build_param_groups  # noqa: E402
-from fastdino_cli.train.step import TrainStep  # noqa: E402
-from fastdino_cli.train.step_options import apply_step_options, fused_adamw  # noqa: E402
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -83,41 +75,15 @@ def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> 
 
 
 class Trainer:
-    """The model, optimizer and schedules of ``cfg``, built as the loop builds them, and the
-    loop's own training step (``train.step.TrainStep``)."""
+    """The training stack of ``cfg`` as the loop builds it (``train.build.build_training``:
+    model, step options, optimizer, schedules and the loop's own ``TrainStep``)."""
 
     def __init__(self, cfg: Config) -> None:
-        torch.manual_seed(cfg.train.seed)
         self.cfg = cfg
-        self.accelerator = build_accelerator(cfg.train.precision)
+        self.stack = build_training(cfg)
+        self.accelerator = self.stack.accelerator
         self.device = self.accelerator.device
-        model = SSLMetaArch(
-            model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
-        )
-        apply_step_options(  # model.compile / model.activation_checkpointing, as the loop
-            model,
-            compile=cfg.model.compile,
-            activation_checkpointing=cfg.model.activation_checkpointing,
-        )
-        groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=0.0,
-            betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2),
-            fused=fused_adamw(cfg.optim.fused, self.device),
-        )
-        model.to(self.device)
-        model, optimizer = self.accelerator.prepare(model, optimizer)
-        model.train()
-        total = cfg.total_iterations
-        self.train_step = TrainStep(
-            accelerator=self.accelerator,
-            model=model,
-            optimizer=optimizer,
-            schedules=build_schedules(cfg, cfg.train.batch_size_per_gpu),
-            clip_grad=cfg.optim.clip_grad,
-            is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
-        )
+        self.train_step = self.stack.step
 
     @property
     def precision(self) -> str:
@@ -170,7 +136,9 @@ def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int
     ]
     total, device = cfg.total_iterations, trainer.device
     iters = [
-        iter(build_loader(cfg, files, total, start, start + warmup + steps, 0, 1, device))
+        iter(
+            build_train_loader(cfg, files, StepRange(start, start + warmup + steps, total), device)
+        )
         for start in starts
     ]
     syn = [[] for _ in stages]

@@ -50,13 +50,14 @@ from fastdino_cli.data import multicrop  # noqa: E402
 from fastdino_cli.data.jpeg_scale import reduction  # noqa: E402
 from fastdino_cli.data.multicrop import MultiCropDataset  # noqa: E402
 from fastdino_cli.data.photometric import apply_photometric_hwc, augment_crop  # noqa: E402
+from tests.photometric_reference import apply_photometric_torchvision  # noqa: E402
 
 
 def torchvision_augment(crop, params, cfg):
     """The pre-#11 path: float tensor in [0, 1], torchvision photometric ops, normalise."""
     x = crop.float() / 255.0
     if params is not None:
-        x = multicrop._apply_photometric(x, params, cfg)
+        x = apply_photometric_torchvision(x, params, cfg)
     mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
     return (x - mean) / std
 

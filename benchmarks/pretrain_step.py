@@ -37,8 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
+from fastdino_cli.rundir import METRICS, read_metrics  # noqa: E402
+from fastdino_cli.train.flops import config_image_cost  # noqa: E402
 from fastdino_cli.train.loop import pretrain  # noqa: E402
-from fastdino_cli.train.plan import image_cost  # noqa: E402
 
 PEAK_BF16_TFLOPS = (  # dense (no sparsity) bf16 tensor-core peaks, vendor data sheets
     ("H100 PCIe", 756.0),
@@ -74,8 +75,7 @@ def run_once(preset: str, overrides: list[str], steps: int, warmup: int) -> tupl
             torch.cuda.reset_peak_memory_stats()
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON line only
             pretrain(cfg, progress=False)
-        lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().split("\n")
-        rows = [json.loads(x) for x in lines if x.strip()]
+        rows = read_metrics(Path(tmp) / "run" / METRICS)
     rows = [r for r in rows if r["step"] >= warmup]
     gb = cfg.train.batch_size_per_gpu
     step_s = statistics.median(gb / r["images_per_s"] for r in rows)
@@ -104,7 +104,7 @@ def run_once(preset: str, overrides: list[str], steps: int, warmup: int) -> tupl
 
 
 def add_mfu(cfg: Config, row: dict, peak_tflops: float | None) -> dict:
-    gflops = image_cost(cfg, row["global_crops_size"], row["local_crops_size"]).total
+    gflops = config_image_cost(cfg, row["global_crops_size"], row["local_crops_size"]).total
     achieved = gflops * row["images_per_s"] / 1e3  # TFLOP/s
     compute = achieved / max(1e-9, 1.0 - row["data_wait"])
     row["gflops_per_image"] = round(gflops, 2)

@@ -1,6 +1,6 @@
 """THE checkpoint format, shared by every subcommand.
 
-A run directory::
+A run directory (its names are ``fastdino_cli.rundir``'s)::
 
     runs/x/
       config.yaml            the fully resolved config
@@ -18,7 +18,7 @@ classes. Top-level keys:
     arch             what rebuilds the backbone without the config (see ``model/vit.py``)
     teacher          teacher state dict: backbone.*, dino_head.*, ibot_head.*
     student          student state dict (absent in exported / imported checkpoints)
-    train_state      step, stage, optimizer, loss centers, RNG, data position (resumable only)
+    train_state      ``TrainState``: step, optimizer, loss centres, RNG, ... (resumable only)
     probe            optional linear head(s), class names, feature recipe, clean accuracy
     metrics          optional last logged metrics
 
@@ -29,6 +29,7 @@ crash never leaves a half-written checkpoint behind and never destroys the previ
 from __future__ import annotations
 
 import pickle
+import random
 import re
 import zipfile
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -257,3 +259,129 @@ def load_teacher_backbone(
     model = build_vit_from_arch(dict(ckpt["arch"]))
     load_state_dict_strict(model, state, what=f"teacher backbone of {where}")
     return model.to(device).eval(), ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# The resumable part: TrainState (the ``train_state`` entry) and RNG states as plain data
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy global and python ``random`` states as plain data (tensors,
+    numbers, lists: loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state(legacy=False)
+    py = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"]).astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": {"version": py[0], "state": list(py[1]), "gauss_next": py[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of ``rng_state``."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_REQUIRED_TRAIN_STATE = ("step", "optimizer", "loss", "rng")
+
+
+@dataclass
+class TrainState:
+    """Everything beyond the weights that a resumed run needs to continue bit for bit: the
+    ``train_state`` entry of a resumable checkpoint, as plain data.
+
+    The sample order and every augmentation are pure functions of (seed, step), so the step is
+    the data position; the rest is state that cannot be recomputed. Unknown keys of a newer
+    writer are kept (``extra``), and keys older checkpoints lack take their defaults.
+    """
+
+    step: int = 0
+    """Iterations done (the next one to run)."""
+    stage: int = 0
+    """Curriculum stage of the last step done (informational: derived from ``step``)."""
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    """AdamW's ``state_dict`` in the unsharded format (``train/distributed.py``)."""
+    scaler: dict[str, Any] | None = None
+    """The fp16 grad scaler's state (None: no scaler)."""
+    loss: dict[str, Any] = field(default_factory=dict)
+    """Loss centres (``SSLMetaArch.loss_state_dict``)."""
+    rng: dict[str, Any] = field(default_factory=dict)
+    """Rank 0's RNG states (``rng_state``)."""
+    data_position: int = 0
+    """Images consumed by all ranks (informational: ``step`` x global batch)."""
+    bad_steps: int = 0
+    """Consecutive non-finite steps before this point (``train.max_bad_steps``)."""
+    world_size: int = 1
+    """Processes that wrote it (the global batch is per-rank batch x this)."""
+    rng_per_rank: list[dict[str, Any]] | None = None
+    """Every rank's RNG states, in rank order."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ``train_state`` entry (the keys and order every fastdino version wrote)."""
+        out = {
+            "step": self.step,
+            "stage": self.stage,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "loss": self.loss,
+            "rng": self.rng,
+            "data_position": self.data_position,
+            "bad_steps": self.bad_steps,
+            "world_size": self.world_size,
+            "rng_per_rank": self.rng_per_rank,
+        }
+        return {**out, **self.extra}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the values of a ``train_state`` entry; ``CheckpointError`` when one it cannot do
+        without is missing."""
+        missing = [k for k in _REQUIRED_TRAIN_STATE if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint's train_state lacks {', '.join(missing)}: it cannot be resumed"
+            )
+        known = {f for f in self.__dataclass_fields__ if f != "extra"}
+        for key in known:
+            if key in state:
+                setattr(self, key, state[key])
+        self.step, self.stage = int(self.step), int(self.stage)
+        self.bad_steps, self.world_size = int(self.bad_steps or 0), int(self.world_size or 1)
+        self.extra = {k: v for k, v in state.items() if k not in known}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> TrainState:
+        out = cls()
+        out.load_state_dict(state)
+        return out
+
+    def rng_for(self, rank: int, world_size: int) -> dict[str, Any]:
+        """The RNG states ``rank`` continues with: its own when the run resumes on as many
+        processes as wrote the checkpoint, else rank 0's."""
+        per_rank = self.rng_per_rank
+        if per_rank is not None and len(per_rank) == world_size:
+            return per_rank[rank]
+        return self.rng

@@ -9,8 +9,9 @@ holds only its differences from what it extends, plus a ``description:`` line fo
 Every section is a pydantic model with ``extra="forbid"``: an unknown key or a bad value is a
 ``ConfigError`` naming the dotted key and, for typos, the closest valid key.
 
-Only ``train/loop.py`` sees the whole ``Config``; everything else receives its own section
-(``build_vit(cfg.model)``, ``stage_at(cfg.curriculum, ...)``).
+Only the assemblers see the whole ``Config`` (``train/loop.py``, ``train/build.py``,
+``train/plan.py``); everything else receives its own section (``build_vit(cfg.model)``,
+``stage_at_step(cfg.curriculum, ...)``).
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 The curriculum is the only code that knows about stages. Everything else asks it:
 
-- ``stage_at(curriculum, progress)`` / ``stage_at_step(...)``: crop sizes and noise patching of
-  the stage active at a point of the run. Stage i covers steps
-  ``[round(end_{i-1} * T), round(end_i * T))`` of a run of T iterations.
+- ``stage_at_step(curriculum, step, total_steps)``: crop sizes and noise patching of the stage
+  of an iteration. Stage i covers steps ``[round(end_{i-1} * T), round(end_i * T))`` of a run
+  of T iterations; ``is_stage_start`` says where one begins.
+- ``final_global_crops_size(stored_config)``: the last stage's global crop of a checkpoint's
+  stored config (what evaluations resize to).
 - ``segment_at_step(...)``: the schedule segment a step belongs to. A segment starts at step 0
   and at the start of each stage with ``restart: true``; it is built for ``schedule_epochs`` of
   the stage that opens it when set (FastDINOv2's stage 1 runs 150 epochs of a 200-epoch schedule)
@@ -18,7 +20,9 @@ The data pipeline reads the stage from the step index each sample carries (see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fastdino_cli.config import CropsConfig, CurriculumConfig, NoisePatchingConfig
 
@@ -69,17 +73,6 @@ def resolve_stages(curriculum: CurriculumConfig, crops: CropsConfig | None = Non
     return out
 
 
-def stage_at(
-    curriculum: CurriculumConfig, progress: float, crops: CropsConfig | None = None
-) -> Stage:
-    """The stage active at ``progress`` in [0, 1] (``end`` is exclusive; 1.0 -> last stage)."""
-    stages = resolve_stages(curriculum, crops)
-    for st in stages:
-        if progress < st.end:
-            return st
-    return stages[-1]
-
-
 def stage_starts(curriculum: CurriculumConfig, total_steps: int) -> list[int]:
     """First step of each stage."""
     starts, prev = [], 0
@@ -102,6 +95,30 @@ def stage_at_step(
 ) -> Stage:
     """The resolved stage of iteration ``step``."""
     return resolve_stages(curriculum, crops)[stage_index_at_step(curriculum, step, total_steps)]
+
+
+def is_stage_start(curriculum: CurriculumConfig, step: int, total_steps: int) -> bool:
+    """True when iteration ``step`` (> 0) is the first of a new stage."""
+    return step > 0 and stage_index_at_step(curriculum, step, total_steps) != stage_index_at_step(
+        curriculum, step - 1, total_steps
+    )
+
+
+def final_global_crops_size(config: Mapping[str, Any]) -> int | None:
+    """The global crop size of the last stage of a STORED config (a checkpoint's ``config``
+    entry, plain data): the resolution the model trained at last, which evaluations use.
+
+    The stage's own size, else ``crops.global_crops_size`` (as ``resolve_stages`` fills it in),
+    trusted only when the config is a resolved one (it has a ``model`` section: an imported
+    checkpoint may carry a partial config). None when the config does not say.
+    """
+    stages = (config.get("curriculum") or {}).get("stages") or []
+    if stages and isinstance(stages[-1], Mapping) and stages[-1].get("global_crops_size"):
+        return int(stages[-1]["global_crops_size"])
+    size = (config.get("crops") or {}).get("global_crops_size")
+    if size and config.get("model"):
+        return int(size)
+    return None
 
 
 def segments(curriculum: CurriculumConfig, total_steps: int, epoch_length: int) -> list[Segment]:

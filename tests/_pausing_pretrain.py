@@ -9,9 +9,9 @@ point before the test has acted, however fast or slow the machine is::
     python tests/_pausing_pretrain.py PAUSE_AT GATE_DIR pretrain --config CFG [overrides ...]
 
 At the pause the run writes ``GATE_DIR/paused`` (holding ``PAUSE_AT``) and waits until a SIGTERM
-has reached the loop's own handler, which then stops the run as it would for a scheduler's
-signal (the flag is set before the pause ends, so the stop step is known). A SIGKILL ends it at
-the pause; so does the end of the test process that started it.
+or a SIGINT has reached the loop's own handler, which then stops the run as it would for a
+scheduler's signal or a Ctrl-C (the flag is set before the pause ends, so the stop step is
+known). A SIGKILL ends it at the pause; so does the end of the test process that started it.
 
 The hook is monkeypatched here, in the test tree (the package holds no test code): it wraps
 ``ProgressReporter.step``, which the loop calls once per settled step, after the step's record
@@ -43,28 +43,33 @@ def hold_at(pause_at: int, gate: Path) -> None:
     ProgressReporter.step = step
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _pause(gate: Path, settled: int, test_process: int) -> None:
-    loop_handler = signal.getsignal(signal.SIGTERM)
-    got_sigterm: list[int] = []
+    loop_handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    got_signal: list[int] = []
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        got_sigterm.append(signum)
-        loop_handler(signum, frame)  # the loop's flag is set before the pause ends
+    def on_signal(signum: int, frame: object) -> None:
+        got_signal.append(signum)
+        loop_handlers[signum](signum, frame)  # the loop's flag is set before the pause ends
 
-    if callable(loop_handler):
-        signal.signal(signal.SIGTERM, on_sigterm)
+    for signum, handler in loop_handlers.items():
+        if callable(handler):
+            signal.signal(signum, on_signal)
     try:
         gate.mkdir(parents=True, exist_ok=True)
         tmp = gate / "paused.tmp"
         tmp.write_text(str(settled))
         os.replace(tmp, gate / "paused")
-        while not got_sigterm:
+        while not got_signal:
             if os.getppid() != test_process:  # the test is gone (it failed): do not linger
                 os._exit(3)
             time.sleep(0.01)
     finally:
-        if callable(loop_handler):
-            signal.signal(signal.SIGTERM, loop_handler)
+        for signum, handler in loop_handlers.items():
+            if callable(handler):
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import curriculum_speed, pretrain_step
 from fastdino_cli.config import resolve_config
-from fastdino_cli.train.plan import image_cost
+from fastdino_cli.train.flops import config_image_cost
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +27,7 @@ def test_curriculum_speed_reports_both_stages_and_consistent_ratios(capsys):
     first, last = out["stages"][0], out["stages"][-1]
     assert (first["global_crops_size"], last["global_crops_size"]) == (32, 64)
     cfg = resolve_config("demo", None, [batch])
-    cost = image_cost(cfg, 32, 16).total, image_cost(cfg, 64, 32).total
+    cost = config_image_cost(cfg, 32, 16).total, config_image_cost(cfg, 64, 32).total
     assert first["gflops_per_image"] == pytest.approx(cost[0], rel=1e-3)
     assert out["flops_ratio"] == pytest.approx(cost[1] / cost[0], rel=1e-3)
     wall = last["step_s_with_loader"] / first["step_s_with_loader"]
@@ -58,7 +58,7 @@ def test_pretrain_step_reports_step_time_flops_and_mfu_against_a_given_peak(caps
     assert row["steps"] == 2 and row["batch_size"] == 4
     assert row["images_per_s"] == pytest.approx(4 / row["step_s"], rel=1e-2)
     cfg = resolve_config("demo", None, [])
-    gflops = image_cost(cfg, row["global_crops_size"], row["local_crops_size"]).total
+    gflops = config_image_cost(cfg, row["global_crops_size"], row["local_crops_size"]).total
     assert row["gflops_per_image"] == pytest.approx(gflops, abs=0.01)
     assert row["mfu"] == pytest.approx(row["achieved_tflops"] / 2.0, abs=1e-3)
     assert 0.0 <= row["data_wait"] <= 1.0 and row["peak_rss_gib"] > 0

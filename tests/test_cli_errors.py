@@ -147,12 +147,22 @@ def w(tmp_path_factory, demo_data) -> World:
     for sev in (1, 2):
         _labelled(tmp / "imagenet_c" / "gaussian_noise" / str(sev), classes_sorted[:2], 1)
     (tmp / "bad.yaml").write_text("optim: [unclosed\n")
+    # run directories whose config.yaml is not a config; an --out that is a file
+    (tmp / "run_garbage_config").mkdir()
+    (tmp / "run_garbage_config" / "config.yaml").write_text("optim: [unclosed\n")
+    (tmp / "run_empty_config").mkdir()
+    (tmp / "run_empty_config" / "config.yaml").write_text("")
+    (tmp / "out_is_a_file.txt").write_text("my notes\n")
     return World(tmp, Path(demo_data.train), Path(demo_data.val), ckpt, noprobe, classes_sorted)
 
 
 def _pretrain(w: World, data, *extra: str) -> list[str]:
     out = w.tmp / "runs" / f"r{abs(hash((str(data), extra))) % 10**8}"
     return ["pretrain", "--preset", "demo", "--out", str(out), f"data.train={data}", *extra]
+
+
+def _pretrain_into(w: World, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--preset", "demo", "--out", str(out), f"data.train={w.train}", *extra]
 
 
 TINY_RUN = (
@@ -288,7 +298,43 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
     (
         "pretrain-no-preset",
         lambda w: ["pretrain", "--out", str(w.tmp / "fresh")],
-        lambda w: ["--preset"],
+        lambda w: ["--preset", str(w.tmp / "fresh"), "holds no run to continue"],
+    ),
+    # issue 17 items 13 and 21: the run directory or its config.yaml is not what it should be
+    (
+        "pretrain-out-with-a-garbage-config",
+        lambda w: ["pretrain", "--out", str(w.tmp / "run_garbage_config")],
+        lambda w: [str(w.tmp / "run_garbage_config" / "config.yaml"), "is not valid YAML"],
+    ),
+    (
+        "pretrain-preset-into-a-run-with-a-garbage-config",
+        lambda w: _pretrain_into(w, w.tmp / "run_garbage_config"),
+        lambda w: [str(w.tmp / "run_garbage_config" / "config.yaml"), "restore it, or delete"],
+    ),
+    (
+        "pretrain-out-with-an-empty-config",
+        lambda w: ["pretrain", "--out", str(w.tmp / "run_empty_config")],
+        lambda w: [str(w.tmp / "run_empty_config" / "config.yaml"), "is empty"],
+    ),
+    (
+        "pretrain-out-is-a-file",
+        lambda w: _pretrain_into(w, w.tmp / "out_is_a_file.txt"),
+        lambda w: [str(w.tmp / "out_is_a_file.txt"), "is a file, not a folder", "--out"],
+    ),
+    (
+        "pretrain-out-under-a-file",
+        lambda w: _pretrain_into(w, w.tmp / "out_is_a_file.txt" / "run"),
+        lambda w: ["cannot be created", f"{w.tmp / 'out_is_a_file.txt'} is a file"],
+    ),
+    (
+        "pretrain-resume-a-folder-that-does-not-exist",
+        lambda w: ["pretrain", "--out", str(w.tmp / "no_such_run"), "--resume"],
+        lambda w: [f"nothing to resume in {w.tmp / 'no_such_run'}: it does not exist"],
+    ),
+    (
+        "pretrain-resume-a-folder-without-a-run",
+        lambda w: ["pretrain", "--out", str(w.tmp / "empty"), "--resume"],
+        lambda w: [f"nothing to resume in {w.tmp / 'empty'}: it holds no config.yaml"],
     ),
     # checkpoints
     *[
@@ -737,6 +783,24 @@ def _plot_metrics_onto_a_png_that_is_not_one(w, finished_run):
     return ["plot-metrics", str(run), "--out", str(target)], run, [str(target), "not a .png image"]
 
 
+def _run_whose_config_is_garbage(w, finished_run):
+    run, args = _run_copy(finished_run, "garbage_config", ())
+    (run / "config.yaml").write_text("train: {seed: [unclosed\n")
+    return args, run, [str(run / "config.yaml"), "is not valid YAML", "restore it, or delete it"]
+
+
+def _resume_a_run_whose_config_is_garbage(w, finished_run):
+    run, _ = _run_copy(finished_run, "garbage_config_resume", ())
+    (run / "config.yaml").write_text("\x00\x01 not yaml: [\n")
+    return ["pretrain", "--out", str(run), "--resume"], run, [str(run / "config.yaml")]
+
+
+def _out_is_a_users_file(w, finished_run):
+    root = _user_folders(w.tmp / "user_notes", "photos")
+    notes = root / "notes.txt"
+    return _pretrain_into(w, notes), root, [str(notes), "is a file, not a folder"]
+
+
 DATA_LOSS_CASES = [
     ("data-demo-over-the-users-train-and-val", _demo_data_over_user_folders),
     ("demo-over-the-users-data-folder", _demo_over_user_data),
@@ -745,6 +809,9 @@ DATA_LOSS_CASES = [
     ("pretrain-over-a-run-with-only-its-metrics", _run_with_only_its_log),
     ("plot-metrics-onto-the-runs-final-pt", _plot_metrics_onto_the_runs_checkpoint),
     ("plot-metrics-onto-a-png-that-is-a-checkpoint", _plot_metrics_onto_a_png_that_is_not_one),
+    ("pretrain-over-a-run-whose-config-is-garbage", _run_whose_config_is_garbage),
+    ("pretrain-resume-a-run-whose-config-is-garbage", _resume_a_run_whose_config_is_garbage),
+    ("pretrain-out-is-a-users-file", _out_is_a_users_file),
 ]
 
 
@@ -764,6 +831,88 @@ def test_nothing_the_user_owns_is_changed(w, finished_run, capsys, case):
     for culprit in culprits:
         assert culprit in lines[0], (culprit, lines[0])
     assert tree_hashes(protected) == before
+
+
+def test_sigint_checkpoints_and_says_how_to_resume(w, tmp_path):
+    """Ctrl-C (issue 17 item 20): the step in progress finishes, checkpoint.pt is written, the
+    process exits 130 with one line naming the step and the command that resumes, and that
+    command continues from there."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    argv = _pretrain_into(w, out, *TINY_RUN, "train.max_steps=20", "train.checkpoint_period=100")
+    gate = tmp_path / "gate"
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(  # held at step 2 until the signal has reached the loop
+        [sys.executable, str(root / "tests" / "_pausing_pretrain.py"), "2", str(gate), *argv],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    t0 = time.time()
+    while not (gate / "paused").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 600
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    step = ck.load(out / "checkpoint.pt")["train_state"]["step"]
+    assert 2 <= step < 20 and not (out / "final.pt").exists() and not (out / ".lock").exists()
+    line = err.strip()
+    prefix = f"fastdino: interrupted at step {step}; resume with: "
+    assert line.startswith(prefix), line
+    again = shlex.split(line.removeprefix(prefix))
+    assert again[:2] == ["fastdino", "pretrain"] and again[2:] == argv[1:]
+    with pytest.raises(SystemExit) as e:
+        main(again[1:])
+    assert e.value.code in (0, None)
+    assert ck.load(out / "final.pt")["metrics"]["step"] == 19
+
+
+def test_skipped_images_are_one_line_each_not_python_warnings(w, tmp_path, capsys):
+    """Issue 17 item 22: each unreadable training image is one ``fastdino:`` line (the first
+    few), then a count; no Python warning with its source line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, f in enumerate(sorted(w.train.rglob("*.png"))[:4]):
+        shutil.copy(f, data / f"ok_{i}.png")
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (data / "empty.png").write_bytes(b"")
+    args = _pretrain_into(w, tmp_path / "run", *TINY_RUN, "train.max_steps=2")
+    args = [a if not a.startswith("data.train=") else f"data.train={data}" for a in args]
+    with pytest.raises(SystemExit) as e:  # 2 steps of 5 images: every file is drawn once
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code in (0, None), err
+    assert "Warning" not in err and "warnings.warn" not in err, err
+    assert sorted(err.splitlines()) == [
+        "fastdino: skipped 2 unreadable image file(s) during training",
+        f"fastdino: skipping unreadable image {data / 'broken.jpg'}",
+        f"fastdino: skipping unreadable image {data / 'empty.png'}",
+    ], err
+
+
+def test_many_skipped_images_name_the_first_few_then_count(capsys):
+    from fastdino_cli.train.loop import SKIPPED_FILES_SHOWN, _report_skipped
+    from fastdino_cli.train.progress import ProgressReporter
+
+    reporter = ProgressReporter(None, start=0, stop=1, total=1, log_period=1, global_batch=1)
+    seen: set[str] = set()
+    n = SKIPPED_FILES_SHOWN + 3
+    _report_skipped(reporter, [f"bad{i}.jpg" for i in range(n)], seen)
+    _report_skipped(reporter, ["bad0.jpg", "bad1.jpg"], seen)  # seen before: nothing more
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:-1] == [f"fastdino: skipping unreadable image bad{i}.jpg" for i in range(5)]
+    assert lines[-1].startswith("fastdino: more unreadable images are skipped") and len(seen) == n
 
 
 def _full_disk_under(monkeypatch, folder: Path) -> None:

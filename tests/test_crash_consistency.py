@@ -33,6 +33,7 @@ from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli import rundir as rd
 from fastdino_cli.cli import main
 from fastdino_cli.config import config_to_yaml, resolve_config
+from fastdino_cli.rundir.lock import _start_time
 from fastdino_cli.train.loop import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def test_lock_takes_over_dead_recycled_and_silent_foreign_owners(tmp_path):
     lock = run / ".lock"
     live = os.getppid()  # a process that outlives this test
     # live owner on this host, with its true start time: refused, one line naming it
-    lock.write_text(f"{live} {socket.gethostname()} {rd._start_time(live)}")
+    lock.write_text(f"{live} {socket.gethostname()} {_start_time(live)}")
     with pytest.raises(rd.RunLocked, match=f"in use by another fastdino process \\(pid {live}\\)"):
         rd.RunLock(run).__enter__()
     # the same PID with another start time: a recycled PID, the owner is gone

@@ -13,34 +13,19 @@ import math
 import pytest
 import torch
 
-from fastdino_cli.curriculum import is_restart_step
-from fastdino_cli.ssl.meta import SSLMetaArch
-from fastdino_cli.train.loop import build_accelerator
-from fastdino_cli.train.schedules import build_param_groups
+from fastdino_cli.train.build import build_training
 from fastdino_cli.train.step import TrainStep
-from tests.test_train_step import _batch, _cfg, _schedules
+from tests.test_train_step import _batch, _cfg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _cuda_step(cfg) -> TrainStep:
-    accelerator = build_accelerator(cfg.train.precision)  # bf16 autocast where supported
-    torch.manual_seed(0)
-    model = SSLMetaArch(
-        model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
-    ).to(accelerator.device)
-    groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
-    optimizer = torch.optim.AdamW(groups, lr=0.0, fused=True)  # optim.fused's CUDA default
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    return TrainStep(
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        schedules=_schedules(cfg),
-        clip_grad=cfg.optim.clip_grad,
-        is_restart=lambda s: is_restart_step(cfg.curriculum, s, cfg.total_iterations),
-    )
+    """The loop's own stack (``train.build``): bf16 autocast where supported, fused AdamW
+    (``optim.fused``'s CUDA default)."""
+    stack = build_training(cfg)
+    assert stack.accelerator.device.type == "cuda"
+    return stack.step
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "auto"])

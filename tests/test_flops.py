@@ -14,17 +14,17 @@ from fastdino_cli.cli import main
 from fastdino_cli.config import HeadConfig, ModelConfig, list_presets, resolve_config
 from fastdino_cli.data.masking import stratified_masks
 from fastdino_cli.model.vit import build_vit
-from fastdino_cli.train.plan import (
+from fastdino_cli.train.flops import (
     VitDims,
     analytic_backbone_flops,
     analytic_head_flops,
+    config_image_cost,
     counted_backbone_flops,
     counted_head_flops,
     image_cost,
     masked_patches_per_image,
-    plan_run,
-    render_plan,
 )
+from fastdino_cli.train.plan import plan_run, render_plan
 
 
 def run(argv, capsys):
@@ -105,10 +105,12 @@ def test_vitb16_per_image_gflops_match_a_hand_derivation():
     masked = 2 * 0.5 * 0.3 * 196  # 2 global crops x p x mean ratio x patches
     student = 3 * (2 * _vitb16_by_hand(224) + 8 * _vitb16_by_hand(96) + (10 + masked) * head)
     teacher = 2 * _vitb16_by_hand(224) + (2 + masked) * head
-    cost = image_cost(cfg, 224, 96)
+    cost = config_image_cost(cfg, 224, 96)
     assert cost.total * 1e9 == pytest.approx(student + teacher, rel=1e-9)
     assert cost.total == pytest.approx(446.41, abs=0.01)
-    assert image_cost(cfg, 112, 48).total == pytest.approx(114.45, abs=0.01)
+    sections = {"model": cfg.model, "dino": cfg.dino, "ibot": cfg.ibot}
+    small = image_cost(**sections, local_crops_number=8, global_size=112, local_size=48)
+    assert small.total == pytest.approx(114.45, abs=0.01)
 
 
 def test_paper_presets_tokens_ratio_and_paper_band():
@@ -140,7 +142,7 @@ def test_paper_presets_tokens_ratio_and_paper_band():
 
 def test_expected_masked_patches_match_the_masking_code():
     cfg = resolve_config("vitb16-in1k")
-    assert masked_patches_per_image(cfg, 224) == pytest.approx(58.8)
+    assert masked_patches_per_image(cfg.ibot, cfg.model.patch_size, 224) == pytest.approx(58.8)
     rng = np.random.default_rng(0)
     masks = torch.cat(
         [

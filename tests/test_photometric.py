@@ -9,7 +9,8 @@ import torchvision.transforms.v2.functional as TF
 
 from fastdino_cli.config import CropsConfig
 from fastdino_cli.data import photometric as P
-from fastdino_cli.data.multicrop import MultiCropTransform, _apply_photometric, _draw_photometric
+from fastdino_cli.data.multicrop import MultiCropTransform, _draw_photometric
+from tests.photometric_reference import apply_photometric_torchvision
 
 
 def _pair(seed: int, size: int = 40) -> tuple[torch.Tensor, np.ndarray]:
@@ -61,7 +62,7 @@ def test_drawn_pipeline_matches_torchvision_reference():
         for _ in range(12):
             crop = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
             params = _draw_photometric(cfg, g, 0.5, 0.5)
-            ref = (_apply_photometric(crop.float() / 255, params, cfg) * 255).round()
+            ref = (apply_photometric_torchvision(crop.float() / 255, params, cfg) * 255).round()
             out = P.augment_crop(crop, params, cfg)
             assert out.shape == ref.shape and out.dtype == torch.uint8 and out.is_contiguous()
             diff = (out.float() - ref).abs()

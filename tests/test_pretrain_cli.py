@@ -49,6 +49,24 @@ def test_pretrain_forwards_config_and_flags(monkeypatch, tmp_path, capsys):
     assert seen["cfg"].optim.base_lr == 1e-3 and seen["cfg"].train.max_steps == 9
 
 
+def test_an_interrupted_pretrain_says_where_and_how_to_resume(monkeypatch, tmp_path, capsys):
+    """Ctrl-C (``stopped="sigint"``): one stderr line with the step and the same command, quoted
+    for the shell, and exit 130."""
+
+    def fake(cfg, *, resume=None, force_config=False):
+        return RunResult(tmp_path, 7, 500, None, "sigint")
+
+    monkeypatch.setattr("fastdino_cli.train.loop.pretrain", fake)
+    out_dir = tmp_path / "my run"
+    argv = ["pretrain", "--preset", "demo", "--out", str(out_dir), "curriculum.stages=[{end: 1}]"]
+    code, out, err = run(argv, capsys)
+    assert code == 130 and out == ""
+    assert err == (
+        f"fastdino: interrupted at step 7; resume with: fastdino pretrain --preset demo --out "
+        f"'{out_dir}' 'curriculum.stages=[{{end: 1}}]'\n"
+    )
+
+
 def test_pretrain_user_errors_are_one_line(tmp_path, capsys):
     code, _, err = run(["pretrain"], capsys)
     assert code == 2 and "--preset" in err and err.count("\n") == 1

@@ -1,33 +1,82 @@
-"""Run-directory helpers: RNG states as plain data, config diff, metrics truncation, rotation,
-what a directory holds (the one rule), stored relative paths."""
+"""The run-directory package: names, config diff, the metrics log's one reader and writer,
+rotation, what a directory holds (the one rule), the stored config, stored relative paths."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from fastdino_cli import rundir as rd
 from fastdino_cli.errors import ConfigError
 
 
-def test_rng_state_round_trips_through_weights_only(tmp_path):
-    random.seed(1)
-    np.random.seed(2)
-    torch.manual_seed(3)
-    state = rd.rng_state()
-    torch.save(state, tmp_path / "rng.pt")
-    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
-    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
-    random.seed(9)
-    np.random.seed(9)
-    torch.manual_seed(9)
-    rd.set_rng_state(loaded)
-    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+def test_the_names_are_the_layout_the_docs_draw():
+    assert (rd.CONFIG, rd.METRICS, rd.CHECKPOINT, rd.FINAL, rd.LOCK) == (
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "final.pt",
+        ".lock",
+    )
+    assert (rd.CHECKPOINTS_DIR, rd.step_copy_name(42)) == ("checkpoints", "step_00000042.pt")
+    assert rd.EVAL_DIRS == ("corrupt-eval", "fourier", "gradcam") and rd.PROBE_JSON == "probe.json"
+    assert rd.step_of_copy(Path(rd.step_copy_name(1234))) == 1234
+    assert rd.step_of_copy(Path("step_x.pt")) is None
+
+
+def test_the_metrics_log_has_one_writer_and_one_tolerant_reader(tmp_path):
+    path = tmp_path / rd.METRICS
+    assert rd.read_metrics(path) == [] and rd.last_logged_step(path) is None
+    assert rd.last_metrics(path) == {}
+    with rd.MetricsWriter(path) as log:
+        for step in range(3):
+            log.append({"step": step, "loss": 1.0 / (step + 1)})
+            assert rd.read_metrics(path)[-1]["step"] == step  # flushed at once
+    with path.open("a") as f:  # what a crash leaves: a line cut short, and stray text
+        f.write('[1, 2]\n{"no_step": 1}\n{"step": 3, "loss": 0.2')
+    assert [r["step"] for r in rd.read_metrics(path)] == [0, 1, 2]
+    assert rd.last_logged_step(path) == 2 and rd.last_metrics(path)["loss"] == pytest.approx(1 / 3)
+    rd.truncate_metrics(path, 2)  # resuming at step 2: the cut line goes too
+    assert path.read_text() == "".join(
+        json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n" for s in range(2)
+    )
+    with rd.MetricsWriter(path) as log:  # appending after it gives whole lines again
+        log.append({"step": 2, "loss": 0.0})
+    assert [r["step"] for r in rd.read_metrics(path)] == [0, 1, 2]
+
+
+def test_a_stored_config_that_is_not_a_config_is_one_line_naming_it(tmp_path):
+    assert rd.read_stored_config(tmp_path) is None
+    path = tmp_path / rd.CONFIG
+    path.write_text("train:\n  seed: 3\n")
+    assert rd.read_stored_config(tmp_path) == {"train": {"seed": 3}}
+    for text, what in (
+        ("optim: [unclosed\n", "is not valid YAML"),
+        ("", "is empty"),
+        ("- a\n- b\n", "holds a list"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="restore it, or delete it") as e:
+            rd.read_stored_config(tmp_path)
+        assert str(path) in str(e.value) and what in str(e.value)
+        assert "\n" not in str(e.value)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not a text file"):
+        rd.read_stored_config(tmp_path)
+
+
+def test_a_run_directory_cannot_be_or_be_under_a_file(tmp_path):
+    rd.check_run_dir_path(tmp_path / "new" / "run")  # nothing there yet: fine
+    rd.check_run_dir_path(tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ConfigError, match=f"run directory {afile} is a file, not a folder"):
+        rd.check_run_dir_path(afile)
+    with pytest.raises(ConfigError, match=f"cannot be created: {afile} is a file"):
+        rd.check_run_dir_path(afile / "run")
+    assert afile.read_text() == "mine"
 
 
 def test_config_differences_ignore_run_control_keys():

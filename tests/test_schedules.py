@@ -20,7 +20,6 @@ from fastdino_cli.curriculum import (
     is_restart_step,
     segment_at_step,
     segments,
-    stage_at,
     stage_at_step,
 )
 from fastdino_cli.model.heads import DinoHead
@@ -54,11 +53,14 @@ TWO_STAGES = CurriculumConfig(
 
 
 def test_stage_lookup_at_boundaries():
-    assert stage_at(TWO_STAGES, 0.0).name == "low"
-    assert stage_at(TWO_STAGES, 0.7499).name == "low"
-    assert stage_at(TWO_STAGES, 0.75).name == "high"
-    assert stage_at(TWO_STAGES, 1.0).name == "high"
-    st = stage_at(CurriculumConfig(), 0.3, CropsConfig(global_crops_size=64, local_crops_size=32))
+    # stage i covers steps [round(end_{i-1} T), round(end_i T)): end 0.75 of 10000 is step 7500
+    assert stage_at_step(TWO_STAGES, 0, 10_000).name == "low"
+    assert stage_at_step(TWO_STAGES, 7499, 10_000).name == "low"
+    assert stage_at_step(TWO_STAGES, 7500, 10_000).name == "high"
+    assert stage_at_step(TWO_STAGES, 9999, 10_000).name == "high"
+    assert stage_at_step(TWO_STAGES, 10_000, 10_000).name == "high"  # past the end: the last
+    crops = CropsConfig(global_crops_size=64, local_crops_size=32)
+    st = stage_at_step(CurriculumConfig(), 3, 10, crops)
     assert (st.global_crops_size, st.local_crops_size) == (64, 32)
     # 200 epochs x 10 iterations: stage 2 starts at step 1500
     assert stage_at_step(TWO_STAGES, 1499, 2000).index == 0

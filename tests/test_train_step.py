@@ -17,10 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.curriculum_speed import synthetic_batch
 from fastdino_cli.config import resolve_config
-from fastdino_cli.curriculum import is_restart_step
 from fastdino_cli.ssl.meta import SSLMetaArch
-from fastdino_cli.train.loop import build_schedules
-from fastdino_cli.train.schedules import Schedules, build_param_groups
+from fastdino_cli.train.build import build_schedules, build_training
+from fastdino_cli.train.schedules import Schedules
 from fastdino_cli.train.step import TrainStep
 from tests.test_pretrain import tiny_overrides
 
@@ -77,22 +76,9 @@ def _cfg(tmp_path, extra=()):
 
 
 def _trainer(cfg) -> tuple[SSLMetaArch, torch.optim.Optimizer, TrainStep]:
-    torch.manual_seed(0)
-    model = SSLMetaArch(
-        model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
-    ).train()
-    groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
-    fused = bool(cfg.optim.fused)
-    opt = torch.optim.AdamW(groups, lr=0.0, fused=fused)
-    step = TrainStep(
-        accelerator=Accelerator(cpu=True),
-        model=model,
-        optimizer=opt,
-        schedules=_schedules(cfg),
-        clip_grad=cfg.optim.clip_grad,
-        is_restart=lambda s: is_restart_step(cfg.curriculum, s, cfg.total_iterations),
-    )
-    return model, opt, step
+    """The loop's own stack (``train.build``), on the CPU whatever the machine has."""
+    stack = build_training(cfg, accelerator=Accelerator(cpu=True))
+    return stack.core, stack.inner_optimizer, stack.step
 
 
 def _schedules(cfg) -> Schedules:

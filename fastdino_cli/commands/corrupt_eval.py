@@ -9,6 +9,7 @@ import typer
 
 from fastdino_cli.commands._common import CheckpointsArg
 from fastdino_cli.devices import DEVICE_HELP
+from fastdino_cli.rundir import CORRUPT_DIR
 
 EXAMPLES = """
 Examples:\n
@@ -47,7 +48,7 @@ def corrupt_eval_command(
         bool, typer.Option(help="--imagenet-c: use the probe's resize + crop, not a crop only.")
     ] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for CSV, JSON and figures.")] = Path(
-        "corrupt-eval"
+        CORRUPT_DIR
     ),
     figures: Annotated[bool, typer.Option(help="Draw the accuracy figures.")] = True,
     examples: Annotated[

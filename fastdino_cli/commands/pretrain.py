@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -15,10 +16,10 @@ from fastdino_cli.commands._common import (
     OverridesArg,
     PresetOpt,
 )
-from fastdino_cli.config import load_config_yaml, resolve_config
+from fastdino_cli.config import resolve_config
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.rundir import CHECKPOINT
 from fastdino_cli.train import launch
-from fastdino_cli.train.distributed import shutdown
 
 EXAMPLES = """Examples:
 
@@ -70,18 +71,14 @@ def pretrain_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
+    from fastdino_cli.train.distributed import shutdown
     from fastdino_cli.train.loop import pretrain
 
     items = list(overrides or [])
     if out is not None:
         items.append(f"train.output_dir={out}")
     if preset is None and config is None:
-        if out is None or not (out / "config.yaml").is_file():
-            raise ConfigError("pass --preset NAME (see `fastdino presets list`) or --out RUN_DIR")
-        from fastdino_cli.rundir import resolve_stored_paths
-
-        base = load_config_yaml((out / "config.yaml").read_text())
-        cfg = _overlay(resolve_stored_paths(out, base.to_dict()), items)
+        cfg = _stored_run_config(out, items, resume)
     else:
         cfg = resolve_config(preset, config, items)
     if plan or compare or as_json:
@@ -93,12 +90,56 @@ def pretrain_command(
         return
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
     shutdown()
+    if result.stopped == "sigint":  # Ctrl-C: checkpointed; exit as an interrupted command does
+        if launch.rank() == 0:
+            args = _pretrain_args(preset, config, out, resume, force_config, overrides)
+            typer.echo(
+                f"fastdino: interrupted at step {result.steps_done}; resume with: "
+                f"{_command_line(args, gpus)}",
+                err=True,
+            )
+        raise typer.Exit(130)
     if launch.rank() != 0:  # one summary line per run, not one per process
         return
-    where = result.final_checkpoint or (result.run_dir / "checkpoint.pt")
+    where = result.final_checkpoint or (result.run_dir / CHECKPOINT)
     typer.echo(
         f"{result.stopped}: {result.steps_done}/{result.total_steps} steps; checkpoint {where}"
     )
+
+
+def _stored_run_config(out: Path | None, items: list[str], resume: bool):
+    """The config of the run in ``--out`` (its ``config.yaml``) with ``items`` on top: what
+    ``pretrain --out RUN_DIR`` continues without --preset / --config."""
+    from fastdino_cli import rundir as rd
+    from fastdino_cli.config import validate_config
+
+    if out is None:
+        raise ConfigError(
+            "pass --preset NAME (see `fastdino presets list`) or --config FILE to start a run, "
+            "or --out RUN_DIR to continue one"
+        )
+    rd.check_run_dir_path(out)
+    stored = rd.read_stored_config(out)
+    if stored is None:
+        why = "it does not exist" if not out.exists() else f"it holds no {rd.CONFIG}"
+        if resume:
+            raise ConfigError(
+                f"nothing to resume in {out}: {why}; check the path, or start a run there "
+                "with --preset NAME"
+            )
+        raise ConfigError(
+            f"--out {out} holds no run to continue ({why}); pass --preset NAME (see "
+            "`fastdino presets list`) or --config FILE to start one"
+        )
+    base = rd.resolve_stored_paths(out, stored)
+    try:
+        validate_config(base)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{out / rd.CONFIG} is not a valid run config: {e}; restore it, or pass --preset "
+            "NAME (or --config FILE) to say what the run is"
+        ) from None
+    return _overlay(base, items)
 
 
 def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
@@ -109,6 +150,16 @@ def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None)
     other = resolve_config(compare) if compare else None
     result = plan_run(cfg, other, gpus=gpus or 1)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
+
+
+def _command_line(args: list[str], gpus: int | None) -> str:
+    """``fastdino pretrain ARGS`` as a shell line (with the --gpus the run was launched with)."""
+    import shlex
+
+    if gpus is None and os.environ.get(launch.GUARD) == "1":  # our own relaunch's child
+        gpus = int(os.environ.get("WORLD_SIZE", "1"))
+    extra = ["--gpus", str(gpus)] if gpus and gpus > 1 else []
+    return shlex.join(["fastdino", "pretrain", *args, *extra])
 
 
 def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list[str]:

@@ -46,12 +46,7 @@ from fastdino_cli.data.jpeg_scale import spec_for_stage
 from fastdino_cli.data.masking import CropSample
 from fastdino_cli.data.photometric import augment_crop
 from fastdino_cli.errors import DataError
-
-
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (negative values allowed)."""
-    ss = np.random.SeedSequence([p & 0xFFFFFFFFFFFFFFFF for p in parts])
-    return int(ss.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+from fastdino_cli.seeding import seed_for
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -156,22 +151,6 @@ def _draw_photometric(cfg: CropsConfig, g: torch.Generator, blur_p: float, sol_p
     blur = _uniform(g, *cfg.blur_sigma) if _coin(g, blur_p) else None
     solarize = _coin(g, sol_p)
     return {"jitter": jitter, "gray": gray, "blur": blur, "solarize": solarize}
-
-
-def _apply_photometric(x: Tensor, p: dict, cfg: CropsConfig) -> Tensor:
-    """Apply drawn photometric parameters to a float (3, h, w) crop in [0, 1]."""
-    if p["jitter"] is not None:
-        ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-        for i in p["jitter"]["order"]:
-            x = ops[i](x, p["jitter"]["factors"][i])
-    if p["gray"]:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    if p["blur"] is not None:
-        k = cfg.blur_kernel_size
-        x = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[p["blur"], p["blur"]])
-    if p["solarize"]:
-        x = TF.solarize(x, cfg.solarize_threshold / 255.0)
-    return x
 
 
 class MultiCropTransform:

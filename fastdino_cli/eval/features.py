@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from fastdino_cli.curriculum import final_global_crops_size
 from fastdino_cli.data.labelled import LabelledFolder
 from fastdino_cli.errors import DataError
 from fastdino_cli.fileio import atomic_write
@@ -84,12 +85,9 @@ def default_recipe(
 
 
 def _final_global_crop(config: Mapping[str, Any]) -> int | None:
-    stages = ((config.get("curriculum") or {}).get("stages")) or []
-    if stages and stages[-1].get("global_crops_size"):
-        return int(stages[-1]["global_crops_size"])
-    size = (config.get("crops") or {}).get("global_crops_size")
-    if size and config.get("model"):  # only trust it when the config is a resolved one
-        return int(size)
+    size = final_global_crops_size(config)
+    if size:
+        return size
     img = (config.get("model") or {}).get("img_size")
     return int(img) if img else None
 

@@ -6,13 +6,13 @@ stacked panels sharing the step axis and marks every curriculum stage switch wit
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
 from pathlib import Path
 
 import pandas as pd
 
-from fastdino_cli.errors import ConfigError, DataError
+from fastdino_cli import rundir as rd
+from fastdino_cli.errors import ConfigError, DataError, FastdinoError
 from fastdino_cli.eval.outputs import check_output_dir
 from fastdino_cli.fileio import save_figure
 
@@ -26,34 +26,17 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     one-line ``DataError`` naming the file and the line.
     """
     path = Path(run_dir)
-    path = path / "metrics.jsonl" if path.is_dir() else path
+    path = path / rd.METRICS if path.is_dir() else path
     if not path.is_file():
         raise DataError(
             f"{path} does not exist; pass a run directory written by `fastdino pretrain`"
         )
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not a metrics log (not text); {_WHAT}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue  # a line cut by a crash
-        step = row.get("step") if isinstance(row, dict) else None
-        if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
-            raise DataError(
-                f"{path} line {number} is not a metrics record (no numeric 'step': "
-                f"{_short(line)}); {_WHAT}"
-            )
-        rows.append(row)
+    rows = rd.read_metrics(path, strict=True)
     if not rows:
         raise DataError(f"{path} holds no metrics yet")
     return pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
 
 
-_WHAT = "pass a run directory written by `fastdino pretrain` (its metrics.jsonl)"
 FIGURE_SIGNATURES: dict[str, tuple[bytes, ...]] = {
     ".png": (b"\x89PNG\r\n\x1a\n",),
     ".jpg": (b"\xff\xd8\xff",),
@@ -62,11 +45,6 @@ FIGURE_SIGNATURES: dict[str, tuple[bytes, ...]] = {
     ".svg": (b"<?xml", b"<svg"),
 }
 """The figure formats ``--out`` may name, and how an existing file of each kind starts."""
-
-
-def _short(text: str, n: int = 40) -> str:
-    text = text.strip()
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def check_figure_path(path: str | Path, flag: str = "--out") -> Path:
@@ -152,16 +130,9 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
             va="top",
         )
     name = run_dir.name
-    cfg_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "config.yaml"
-    if cfg_path.is_file():
-        import yaml
-
-        try:  # the title only: a config that cannot be read leaves the folder's name
-            cfg = yaml.safe_load(cfg_path.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            cfg = None
-        if isinstance(cfg, dict) and isinstance(cfg.get("preset"), str):
-            name = cfg["preset"]
+    with contextlib.suppress(FastdinoError):  # a damaged config only costs the title
+        stored = rd.read_stored_config(run_dir if run_dir.is_dir() else run_dir.parent)
+        name = (stored or {}).get("preset") or name
     title = f"{name}: {int(df['step'].iloc[-1]) + 1} steps"
     fig.suptitle(title)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,6 @@ from typing import Any
 
 from fastdino_cli.fileio import write_text
 from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
-from fastdino_cli.rundir import CONFIG, FINAL, METRICS
 
 RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
 """Run folder -> preset; the baseline first: the report's relative changes are against it."""
@@ -59,13 +58,9 @@ def demo_settings(data: Path, full: bool = False) -> EvalSettings:
 
 
 def _last_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / METRICS
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
-        with contextlib.suppress(json.JSONDecodeError):
-            return json.loads(line)
-    return {}
+    from fastdino_cli import rundir as rd
+
+    return rd.last_metrics(run_dir / rd.METRICS)
 
 
 def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
@@ -76,12 +71,12 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
     total = cfg.total_iterations
 
     def done() -> bool:
-        last = _last_metrics(run_dir)
-        finished = (run_dir / FINAL).is_file() and int(last.get("step", -1)) + 1 >= total
-        if finished:  # never reuse a run trained with another config (e.g. an older preset)
-            from fastdino_cli import rundir as rd
+        from fastdino_cli import rundir as rd
 
-            old = rd.load_config_yaml_dict(run_dir / CONFIG)
+        last = _last_metrics(run_dir)
+        finished = (run_dir / rd.FINAL).is_file() and int(last.get("step", -1)) + 1 >= total
+        if finished:  # never reuse a run trained with another config (e.g. an older preset)
+            old = rd.read_stored_config(run_dir) or {}
             rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
         return finished
 
@@ -90,6 +85,8 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
         from fastdino_cli.train.loop import pretrain
 
         result = pretrain(cfg, progress=False)
+        if result.stopped == "sigint":  # Ctrl-C: checkpointed; the demo resumes it next time
+            raise KeyboardInterrupt
         if result.stopped == "sigterm":
             raise FastdinoError(
                 f"{run_dir} stopped by SIGTERM at step {result.steps_done}; run the demo "

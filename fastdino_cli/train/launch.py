@@ -28,9 +28,9 @@ import yaml
 
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.fileio import write_text
+from fastdino_cli.rundir import ACCELERATE_CONFIG
 
 GUARD = "FASTDINO_LAUNCHED"
-CONFIG_NAME = "accelerate_config.yaml"
 
 
 def already_launched(env: dict[str, str] | None = None) -> bool:
@@ -71,7 +71,7 @@ def accelerate_config(num_processes: int, *, main_process_port: int | None = Non
 def write_accelerate_config(run_dir: Path, num_processes: int) -> Path:
     """Write the launch config into the run directory (kept with the run for reference)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CONFIG_NAME
+    path = run_dir / ACCELERATE_CONFIG
     header = (
         "# Written by `fastdino pretrain --gpus`: plain multi-process launch; fastdino applies\n"
         "# FSDP2 itself from the run's `distributed.*` config keys.\n"

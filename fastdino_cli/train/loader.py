@@ -3,70 +3,104 @@
 The sampler hands ``(index, step)`` keys to the dataset, so each sample is built for the
 curriculum stage of its step inside the workers, and a resumed run continues the same order
 (``data/multicrop.py``); the collate function draws the masks for the batch's step
-(``data/masking.py``). Shared by ``pretrain`` and ``benchmarks/curriculum_speed.py``.
+(``data/masking.py``). Assembled from a run's config by ``train/build.py`` for the loop and
+``benchmarks/curriculum_speed.py``.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from fastdino_cli.config import CropsConfig, CurriculumConfig, DataConfig, IbotConfig
 from fastdino_cli.data.masking import MultiCropCollate
-from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler, seed_for
+from fastdino_cli.data.multicrop import MultiCropDataset, StepBatchSampler
+from fastdino_cli.seeding import LOADER_STREAM, seed_for
 
 
-def _ignore_sigterm(_worker_id: int) -> None:
-    """Data-loader workers leave SIGTERM to the main process, which checkpoints and stops them.
+@dataclass(frozen=True)
+class StepRange:
+    """The iterations one rank loads: ``start .. stop - 1`` of a run of ``total`` iterations."""
 
-    Schedulers (Slurm, Kubernetes) signal every process of a job; a worker dying of it would
-    crash the main process before it can write its checkpoint.
+    start: int
+    stop: int
+    total: int
+    rank: int = 0
+    world_size: int = 1
+
+
+def _leave_stop_signals_to_the_main_process(_worker_id: int) -> None:
+    """Data-loader workers ignore SIGTERM and SIGINT: the main process checkpoints and stops
+    them.
+
+    Schedulers (Slurm, Kubernetes) signal every process of a job, and Ctrl-C signals every
+    process of the terminal's foreground group; a worker dying of it would crash the main
+    process before it can write its checkpoint.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def build_loader(cfg, files, total, start, stop, rank, world, device) -> DataLoader:
-    """The training DataLoader for steps ``start .. stop - 1`` of this rank: multi-crop dataset,
-    step-keyed sampler, mask-drawing collate, ``data.*`` workers / prefetch / pinned memory."""
+def build_loader(
+    files: Sequence[Path],
+    *,
+    steps: StepRange,
+    batch_size: int,
+    seed: int,
+    data: DataConfig,
+    crops: CropsConfig,
+    curriculum: CurriculumConfig,
+    ibot: IbotConfig,
+    patch_size: int,
+    device: torch.device,
+) -> DataLoader:
+    """The training DataLoader for ``steps`` of one rank: multi-crop dataset (``crops``, the
+    stages of ``curriculum``), step-keyed sampler (``batch_size`` images per step and rank),
+    mask-drawing collate (``ibot``, ``patch_size``), ``data.*`` workers / prefetch / pinned
+    memory; every draw keyed by ``seed``."""
     dataset = MultiCropDataset(
-        files,
-        cfg.crops,
-        cfg.curriculum,
-        total_steps=total,
-        seed=cfg.train.seed,
-        fast_decode=cfg.data.fast_decode,
+        list(files),
+        crops,
+        curriculum,
+        total_steps=steps.total,
+        seed=seed,
+        fast_decode=data.fast_decode,
     )
     sampler = StepBatchSampler(
         len(files),
-        cfg.train.batch_size_per_gpu,
-        seed=cfg.train.seed,
-        start_step=start,
-        end_step=stop,
-        rank=rank,
-        world_size=world,
+        batch_size,
+        seed=seed,
+        start_step=steps.start,
+        end_step=steps.stop,
+        rank=steps.rank,
+        world_size=steps.world_size,
     )
     collate = MultiCropCollate(
-        patch_size=cfg.model.patch_size,
-        mask_probability=cfg.ibot.mask_sample_probability,
-        ratio_min_max=cfg.ibot.mask_ratio_min_max,
-        seed=cfg.train.seed,
-        rank=rank,
-        world_size=world,
-        mean=cfg.crops.mean,
-        std=cfg.crops.std,
+        patch_size=patch_size,
+        mask_probability=ibot.mask_sample_probability,
+        ratio_min_max=ibot.mask_ratio_min_max,
+        seed=seed,
+        rank=steps.rank,
+        world_size=steps.world_size,
+        mean=crops.mean,
+        std=crops.std,
     )
-    workers = cfg.data.num_workers
+    workers = data.num_workers
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
-        pin_memory=cfg.data.pin_memory and device.type == "cuda",
-        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+        pin_memory=data.pin_memory and device.type == "cuda",
+        prefetch_factor=data.prefetch_factor if workers > 0 else None,
         persistent_workers=False,
-        worker_init_fn=_ignore_sigterm if workers > 0 else None,
+        worker_init_fn=_leave_stop_signals_to_the_main_process if workers > 0 else None,
         # its own generator: creating the iterator must not consume the global RNG, or a
         # resumed run's drop-path draws would shift by one
-        generator=torch.Generator().manual_seed(seed_for(cfg.train.seed, start, 2)),
+        generator=torch.Generator().manual_seed(seed_for(seed, steps.start, LOADER_STREAM)),
     )

@@ -1,32 +1,43 @@
-"""``pretrain(cfg)``: the DINOv2 / FastDINOv2 training loop.
+"""``pretrain(cfg)``: the DINOv2 / FastDINOv2 training loop. Orchestration only.
 
-One process (CPU or one GPU) or many (FSDP2, ``train/distributed.py``), through Accelerate;
-student and teacher live in one ``SSLMetaArch`` and every computation goes through its
-``forward``. Per iteration ``s``::
+One process (CPU or one GPU) or many (FSDP2, ``train/distributed.py``), through Accelerate; the
+stack it drives (model, optimizer, schedules, step, loader) comes from ``train/build.py``. A call
+runs in named phases::
+
+    lock the run directory          rundir.RunLock (one process per directory)
+    _decide_start                   fresh, resume (checkpoint.pt), or refuse (rundir's rules)
+    _training_images                scan data.train once
+    build_training                  the stack, fresh or restored from the checkpoint
+    _open_run_dir                   config.yaml, metrics.jsonl cut back to the resumed step
+    _train                          the steps (below), checkpoints, stop signals
+    _finish                         final.pt, the result
+
+Per iteration ``s`` of ``_train``::
 
     batch(s)  <- workers build the crops of the stage of step s (the sampler carries s)
     queue s   -> train.step.TrainStep: restart, schedules, forward, backward, clipping, AdamW,
                  EMA, all on the device; a non-finite loss skips the step there
     settle s-1 on the host (its scalars arrived while s was queued): log, count non-finite
-                 steps (stop after train.max_bad_steps in a row), SIGTERM of any rank
+                 steps (stop after train.max_bad_steps in a row), SIGTERM / SIGINT of any rank
     checkpoint after s when due (settling s first: saving waits for the device anyway)
 
 The host reads a step's results one step late so that it never waits for the GPU inside a step.
+SIGTERM (a scheduler) and SIGINT (Ctrl-C) both finish the step in progress, write
+``checkpoint.pt`` and stop (``RunResult.stopped``: ``sigterm`` / ``sigint``); a second Ctrl-C
+interrupts at once.
 
-Exact resume: ``checkpoint.pt`` holds the weights, AdamW and grad-scaler state, loss centres,
-RNG states and the step; the sample order and every augmentation are pure functions of
-(seed, step), so a resumed run computes bit for bit what the uninterrupted run would have (CPU).
+Exact resume: ``checkpoint.pt`` holds the weights and a ``checkpoint.TrainState`` (AdamW and
+grad-scaler state, loss centres, RNG states, the step); the sample order and every augmentation
+are pure functions of (seed, step), so a resumed run computes bit for bit what the uninterrupted
+run would have (CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import signal
-import sys
-import threading
 import time
-import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,26 +46,33 @@ import torch
 
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli import rundir as rd
+from fastdino_cli.checkpoint import TrainState, rng_state
 from fastdino_cli.config import Config, config_to_yaml, with_absolute_paths
-from fastdino_cli.curriculum import is_restart_step, stage_at_step
+from fastdino_cli.curriculum import stage_at_step
 from fastdino_cli.data.images import first_readable, resolve_root, scan_images
-from fastdino_cli.data.multicrop import seed_for
-from fastdino_cli.errors import CheckpointError, ConfigError, FastdinoError
+from fastdino_cli.errors import ConfigError, FastdinoError
 from fastdino_cli.fileio import write_text
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train import distributed as dist_utils
-from fastdino_cli.train.loader import build_loader
+from fastdino_cli.train.build import (
+    TrainingStack,
+    build_accelerator,
+    build_train_loader,
+    build_training,
+)
+from fastdino_cli.train.loader import StepRange
 from fastdino_cli.train.progress import ProgressReporter
-from fastdino_cli.train.schedules import Schedules, build_param_groups
-from fastdino_cli.train.step import PendingStep, TrainStep
-from fastdino_cli.train.step_options import apply_step_options, fused_adamw
+from fastdino_cli.train.resume import decide_start
+from fastdino_cli.train.settle import Settler, TrainingDiverged
+from fastdino_cli.train.signals import StopSignals
+from fastdino_cli.train.step import PendingStep
+
+__all__ = ["RunResult", "TrainingDiverged", "pretrain"]
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _ACCESS_ERRNOS = (errno.EACCES, errno.EPERM)
-
-
-class TrainingDiverged(FastdinoError):
-    """Too many consecutive non-finite losses."""
+SKIPPED_FILES_SHOWN = 5
+"""Unreadable images named one line each; past these, only the count at the end."""
 
 
 @dataclass
@@ -66,134 +84,11 @@ class RunResult:
     total_steps: int
     final_checkpoint: Path | None
     stopped: str
-    """``finished``, ``max_steps``, ``sigterm`` or ``already-finished``."""
+    """``finished``, ``max_steps``, ``sigterm``, ``sigint`` or ``already-finished``."""
     resumed_from: int | None = None
     last_metrics: dict[str, Any] = field(default_factory=dict)
     skipped_files: list[str] = field(default_factory=list)
     bad_steps: int = 0
-
-
-def build_accelerator(precision: str):
-    """The run's ``Accelerator``: CUDA when there is one, with ``train.precision``'s autocast
-    (``auto``: bf16 where supported, else fp16 with a grad scaler); CPU runs in fp32."""
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        mixed = "no"
-    elif precision == "auto":
-        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    else:
-        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(cpu=not cuda, mixed_precision=mixed)
-
-
-def build_schedules(cfg: Config, global_batch: int) -> Schedules:
-    """The run's schedules (lr scaled for ``global_batch`` images per step, all ranks)."""
-    return Schedules(
-        optim=cfg.optim,
-        teacher=cfg.teacher,
-        curriculum=cfg.curriculum,
-        epoch_length=cfg.train.epoch_length,
-        total_steps=cfg.total_iterations,
-        global_batch=global_batch,
-    )
-
-
-def _unwrap(accelerator, model) -> SSLMetaArch:
-    return accelerator.unwrap_model(model)
-
-
-def _inner_optimizer(optimizer) -> torch.optim.Optimizer:
-    return getattr(optimizer, "optimizer", optimizer)
-
-
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks after each step (main thread only)."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old = None
-
-    def __enter__(self) -> _SigtermFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.set = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
-@contextlib.contextmanager
-def _single_threaded(active: bool):
-    """Build batches in the main process with one intra-op thread, as workers do.
-
-    Augmenting small crops spawns thousands of tiny tensor ops; with several threads each pays
-    a thread-pool synchronisation, which is slower than the op itself (and much slower on a
-    busy machine).
-    """
-    if not active:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _decide_start(
-    run_dir: Path, cfg: Config, resume: bool | None, force_config: bool
-) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None: start at step 0), after every safety check; what a
-    run directory holds is decided by ``rundir.classify_run_dir`` alone."""
-    latest = run_dir / "checkpoint.pt"
-    stored = rd.load_config_yaml_dict(run_dir / "config.yaml")
-    periods = [cfg.train.checkpoint_period]
-    stored_period = rd.flatten(stored).get("train.checkpoint_period")
-    if isinstance(stored_period, int) and stored_period > 0:
-        periods.append(stored_period)
-    state = rd.classify_run_dir(run_dir, tuple(periods))
-    if resume is False and state.holds_run:
-        raise ConfigError(
-            f"{run_dir} already holds a run; resume it with --resume or choose another --out"
-        )
-    if state.kind in ("finished", "broken"):
-        raise rd.NotResumable(state.refusal())
-    if state.kind == "empty":
-        if resume and not state.holds_run:
-            raise ConfigError(f"nothing to resume in {run_dir}: it holds no checkpoint.pt")
-        if (run_dir / "config.yaml").exists():
-            rd.check_resume_config(run_dir, stored, cfg.to_dict(), force_config)
-        return None
-    try:
-        ckpt = ckpt_io.load(latest)
-    except CheckpointError as e:  # damaged outside fastdino (atomic saves never leave this)
-        hint = f"; copy {state.copies[-1]} over it to resume from there" if state.copies else ""
-        raise CheckpointError(f"{e}{hint}") from None
-    if "train_state" not in ckpt:
-        raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
-    old = dist_utils.config_for_this_world(ckpt, cfg.train.batch_size_per_gpu)
-    rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
-    return ckpt
-
-
-def _checkpoint(model: SSLMetaArch, cfg: Config, train_state=None, metrics=None) -> dict:
-    # a collective when sharded: every rank calls it, only rank 0 gets the tensors
-    student, teacher = dist_utils.full_state_dicts(model)
-    return ckpt_io.make_checkpoint(
-        config=cfg.to_dict(),
-        arch=model.student["backbone"].arch_dict(),
-        teacher=teacher,
-        student=student,
-        train_state=train_state,
-        metrics=metrics,
-    )
 
 
 def pretrain(
@@ -216,6 +111,7 @@ def pretrain(
         raise ConfigError("data.train is not set; pass data.train=DIR (or data.train=demo)")
     cfg = with_absolute_paths(cfg)  # stored in config.yaml: the run means the same from anywhere
     run_dir = Path(cfg.train.output_dir)
+    rd.check_run_dir_path(run_dir)
     accelerator = build_accelerator(cfg.train.precision)
     main = accelerator.is_main_process
     lock = rd.RunLock(run_dir) if main else None
@@ -223,7 +119,7 @@ def pretrain(
         lock.__enter__()
         rd.remove_partial_writes(run_dir)
     try:
-        return _run(cfg, run_dir, accelerator, resume, force_config, progress, main)
+        return _run(cfg, run_dir, accelerator, resume, force_config, progress)
     except OSError as e:  # disk full, quota, read-only: one line, the last checkpoint is kept
         in_run_dir = bool(e.filename) and Path(e.filename).resolve().is_relative_to(
             run_dir.resolve()
@@ -232,7 +128,7 @@ def pretrain(
             raise
         raise FastdinoError(
             f"cannot write {e.filename or run_dir}: {e.strerror}; the last checkpoint "
-            f"{run_dir / 'checkpoint.pt'} is intact: free space or fix permissions, then run "
+            f"{run_dir / rd.CHECKPOINT} is intact: free space or fix permissions, then run "
             "the same command again to resume"
         ) from e
     finally:
@@ -240,98 +136,115 @@ def pretrain(
             lock.__exit__()
 
 
-def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> RunResult:
-    ckpt = _decide_start(run_dir, cfg, resume, force_config)
+def _run(cfg: Config, run_dir: Path, accelerator, resume, force_config, progress) -> RunResult:
+    """The phases of one ``pretrain`` call, under the run directory's lock."""
+    resume_from = decide_start(run_dir, cfg, resume, force_config)
     dist_utils.barrier()  # every rank decided before rank 0 writes into the run directory
     total = cfg.total_iterations
-    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-    start = int(ckpt["train_state"]["step"]) if ckpt else 0
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = cfg.train.batch_size_per_gpu * world
-
-    files = scan_images(resolve_root(cfg.data.train))
-    first_readable(files, limit=min(len(files), 1000))
-
-    torch.manual_seed(cfg.train.seed)
-    model = SSLMetaArch(
-        model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
+    steps = StepRange(
+        start=resume_from.state.step if resume_from else 0,
+        stop=min(total, cfg.train.max_steps) if cfg.train.max_steps else total,
+        total=total,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
     )
-    apply_step_options(  # activation checkpointing, then compile, then FSDP
-        model,
-        compile=cfg.model.compile,
-        activation_checkpointing=cfg.model.activation_checkpointing,
-    )
-    sharded = dist_utils.fsdp_enabled(cfg.distributed, world)
-    if sharded:  # before the optimizer: fully_shard replaces the parameters
-        dist_utils.apply_fsdp(
-            model, cfg.distributed, cfg.train.precision, device=accelerator.device
-        )
-    groups = build_param_groups(model.student, cfg.optim, model.n_blocks)
-    fused = fused_adamw(cfg.optim.fused, accelerator.device)
-    optimizer = torch.optim.AdamW(
-        groups, lr=0.0, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), fused=fused
-    )
-    torch.manual_seed(seed_for(cfg.train.seed, rank, 1))
-    if ckpt:
-        dist_utils.load_full_state(model, ckpt["student"], ckpt["teacher"])
-        ts = ckpt["train_state"]
-        dist_utils.load_optimizer_state(model, optimizer, ts["optimizer"])
-        model.load_loss_state_dict(ts["loss"])
-        per_rank = ts.get("rng_per_rank")
-        same_world = per_rank is not None and len(per_rank) == world
-        rd.set_rng_state(per_rank[rank] if same_world else ts["rng"])
-    if not sharded:
-        model.to(accelerator.device)
-        model, optimizer = accelerator.prepare(model, optimizer)
-    if ckpt and ckpt["train_state"].get("scaler") and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(ckpt["train_state"]["scaler"])
-    core = _unwrap(accelerator, model)
-    core.train()
-
+    files = _training_images(cfg.data.train)
+    stack = build_training(cfg, accelerator=accelerator, resume=resume_from)
+    main = accelerator.is_main_process
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-        rd.truncate_metrics(run_dir / "metrics.jsonl", start)
-    schedules = build_schedules(cfg, global_batch)
+        _open_run_dir(run_dir, cfg, steps.start)
     result = RunResult(
-        run_dir, start, total, None, "finished", resumed_from=start if ckpt else None
+        run_dir,
+        steps.start,
+        total,
+        None,
+        "finished",
+        resumed_from=steps.start if resume_from else None,
     )
-    if start >= stop:
-        result.stopped = "already-finished"
-        if not (run_dir / "final.pt").exists() and start >= total:
-            final = _checkpoint(core, cfg, metrics=ckpt.get("metrics"))
-            if main:
-                ckpt_io.save(final, run_dir / "final.pt")
-            dist_utils.barrier()
-        result.final_checkpoint = run_dir / "final.pt" if (run_dir / "final.pt").exists() else None
-        return result
-
-    loader = build_loader(cfg, files, total, start, stop, rank, world, accelerator.device)
-    bad = int(ckpt["train_state"].get("bad_steps", 0)) if ckpt else 0
+    if steps.start >= steps.stop:
+        assert resume_from is not None  # a fresh run has at least one step to do
+        return _already_finished(stack, cfg, run_dir, result, resume_from.metrics)
+    bad = resume_from.state.bad_steps if resume_from else 0
+    loader = build_train_loader(cfg, files, steps, accelerator.device)
     reporter = ProgressReporter(
-        run_dir / "metrics.jsonl" if main else None,
-        start=start,
-        stop=stop,
+        run_dir / rd.METRICS if main else None,
+        start=steps.start,
+        stop=steps.stop,
         total=total,
         log_period=cfg.train.log_period,
-        global_batch=global_batch,
+        global_batch=cfg.train.batch_size_per_gpu * steps.world_size,
         rich=progress,
         enabled=main,
     )
-    seen_skipped: set[str] = set()
-    step_done = start
-    train_step = TrainStep(
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        schedules=schedules,
-        clip_grad=cfg.optim.clip_grad,
-        is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
+    with reporter:
+        outcome = _train(stack, loader, reporter, cfg, run_dir, steps, bad)
+    return _finish(stack, cfg, run_dir, result, outcome, reporter)
+
+
+def _training_images(train: str) -> list[Path]:
+    """The image files of ``data.train`` (scanned once), with at least one readable."""
+    files = scan_images(resolve_root(train))
+    first_readable(files, limit=min(len(files), 1000))
+    return files
+
+
+def _open_run_dir(run_dir: Path, cfg: Config, start: int) -> None:
+    """The run's config, and its log cut back to the steps the resumed state includes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / rd.CONFIG, config_to_yaml(cfg))
+    rd.truncate_metrics(run_dir / rd.METRICS, start)
+
+
+def _already_finished(
+    stack: TrainingStack, cfg: Config, run_dir: Path, result: RunResult, metrics
+) -> RunResult:
+    """Nothing left to train: write ``final.pt`` (with the checkpoint's ``metrics``) if a
+    finished run lacks it."""
+    result.stopped = "already-finished"
+    final = run_dir / rd.FINAL
+    if not final.exists() and result.steps_done >= result.total_steps:
+        ckpt = _checkpoint(stack.core, cfg, metrics=metrics)
+        if stack.accelerator.is_main_process:
+            ckpt_io.save(ckpt, final)
+        dist_utils.barrier()
+    result.final_checkpoint = final if final.exists() else None
+    return result
+
+
+@dataclass
+class _Outcome:
+    """What ``_train`` did."""
+
+    steps_done: int
+    stopped: str | None = None
+    """``sigterm`` / ``sigint`` when a stop signal ended it, else None."""
+    bad_steps: int = 0
+    skipped_files: set[str] = field(default_factory=set)
+
+
+def _train(
+    stack: TrainingStack,
+    loader: Iterable,
+    reporter: ProgressReporter,
+    cfg: Config,
+    run_dir: Path,
+    steps: StepRange,
+    bad: int,
+) -> _Outcome:
+    """The steps ``steps.start .. steps.stop - 1``: queue each, settle the one before, save
+    when due or asked to stop (see the module docstring)."""
+    settler = Settler(
+        reporter,
+        cfg.curriculum,
+        start=steps.start,
+        total=steps.total,
+        max_bad_steps=cfg.train.max_bad_steps,
+        bad=bad,
+        latest=run_dir / rd.CHECKPOINT,
     )
-    settler = _Settler(reporter, cfg, start, total, bad, run_dir / "checkpoint.pt")
-    settle = settler.settle
+    outcome = _Outcome(steps.start)
     pending: PendingStep | None = None  # queued on the device, not yet settled on the host
-    with _SigtermFlag() as sigterm, reporter:
+    with StopSignals() as signals:
         it = iter(loader)
         while True:
             t0 = time.perf_counter()
@@ -341,147 +254,163 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
             except StopIteration:
                 break
             wait = time.perf_counter() - t0
-            step = batch.step
-            for f in batch.skipped_files:
-                if f not in seen_skipped:
-                    seen_skipped.add(f)
-                    warnings.warn(f"skipping unreadable image {f}", stacklevel=1)
-            queued = train_step(batch, stop_requested=sigterm.set)
-            stage = stage_at_step(cfg.curriculum, step, total, cfg.crops)
-            queued.info = {
-                "stage": stage.index,
-                "stage_name": stage.name,
-                "global_crops_size": int(batch.global_crops.shape[-1]),
-                "local_crops_size": int(batch.local_crops.shape[-1])
-                if batch.local_crops is not None
-                else None,
-                "noise_patching": stage.noise_patching.enabled,
-                "data_wait_s": wait,
-            }
+            _report_skipped(reporter, batch.skipped_files, outcome.skipped_files)
+            queued = stack.step(batch, stop_requested=signals.received is not None)
+            stage = stage_at_step(cfg.curriculum, batch.step, steps.total, cfg.crops)
+            queued.info = _step_info(batch, stage, wait)
             # the previous step has finished on the device by now, or soon: this one is queued
             # behind it, so waiting for its scalars leaves the GPU busy
-            stop_now = pending is not None and settle(pending)[1]
-            pending, step_done = queued, step + 1
-            periodic = step_done % cfg.train.checkpoint_period == 0
-            if not (stop_now or periodic or step_done == stop):
+            stop_now = pending is not None and settler.settle(pending)[1]
+            pending, outcome.steps_done = queued, batch.step + 1
+            periodic = outcome.steps_done % cfg.train.checkpoint_period == 0
+            if not (stop_now or periodic or outcome.steps_done == steps.stop):
                 continue
-            finite, stop_asked = settle(pending)  # a checkpoint waits for the device anyway
+            finite, stop_asked = settler.settle(pending)  # a checkpoint waits for the device
             pending = None
             stop_now = stop_now or stop_asked
             if stop_now or finite:
                 _save_resumable(
-                    accelerator,
-                    core,
-                    optimizer,
+                    stack,
                     cfg,
                     run_dir,
-                    step_done,
-                    stage.index,
-                    settler.bad,
-                    reporter.last,
+                    step=outcome.steps_done,
+                    stage=stage.index,
+                    bad_steps=settler.bad,
+                    metrics=reporter.last,
                     keep=cfg.train.keep_checkpoints if periodic else 0,
                 )
             if stop_now:
-                result.stopped = "sigterm"
+                outcome.stopped = signals.received or "sigterm"  # another rank's signal
                 break
         if pending is not None:
-            settle(pending)
-    bad = settler.bad
-    result.steps_done = step_done
+            settler.settle(pending)
+    outcome.bad_steps = settler.bad
+    return outcome
+
+
+def _step_info(batch, stage, wait: float) -> dict[str, Any]:
+    """Host-side values of a step's record: its stage, crop sizes and data wait."""
+    return {
+        "stage": stage.index,
+        "stage_name": stage.name,
+        "global_crops_size": int(batch.global_crops.shape[-1]),
+        "local_crops_size": int(batch.local_crops.shape[-1])
+        if batch.local_crops is not None
+        else None,
+        "noise_patching": stage.noise_patching.enabled,
+        "data_wait_s": wait,
+    }
+
+
+def _report_skipped(reporter: ProgressReporter, files: Iterable[str], seen: set[str]) -> None:
+    """One line per unreadable image the first time it is skipped, for the first few; the
+    total is reported at the end (``_finish``)."""
+    for f in files:
+        if f in seen:
+            continue
+        seen.add(f)
+        if len(seen) <= SKIPPED_FILES_SHOWN:
+            reporter.note(f"skipping unreadable image {f}")
+        if len(seen) == SKIPPED_FILES_SHOWN + 1:
+            reporter.note("more unreadable images are skipped; their count follows at the end")
+
+
+def _finish(
+    stack: TrainingStack,
+    cfg: Config,
+    run_dir: Path,
+    result: RunResult,
+    outcome: _Outcome,
+    reporter: ProgressReporter,
+) -> RunResult:
+    """``final.pt`` unless a signal stopped the run; the result."""
+    result.steps_done = outcome.steps_done
     result.last_metrics = reporter.last
-    result.skipped_files = sorted(seen_skipped)
-    result.bad_steps = bad
-    if result.stopped != "sigterm":
-        result.stopped = "finished" if step_done >= total else "max_steps"
-        final = run_dir / "final.pt"
-        final_ckpt = _checkpoint(core, cfg, metrics=reporter.last)
-        if main:
+    result.skipped_files = sorted(outcome.skipped_files)
+    result.bad_steps = outcome.bad_steps
+    if outcome.stopped:
+        result.stopped = outcome.stopped
+    else:
+        result.stopped = "finished" if outcome.steps_done >= result.total_steps else "max_steps"
+        final = run_dir / rd.FINAL
+        final_ckpt = _checkpoint(stack.core, cfg, metrics=reporter.last)
+        if stack.accelerator.is_main_process:
             ckpt_io.save(final_ckpt, final)
         result.final_checkpoint = final
         dist_utils.barrier()
-    if seen_skipped and main:
-        print(
-            f"fastdino: skipped {len(seen_skipped)} unreadable image file(s) during training",
-            file=sys.stderr,
+    if outcome.skipped_files:
+        reporter.note(
+            f"skipped {len(outcome.skipped_files)} unreadable image file(s) during training"
         )
     return result
 
 
-class _Settler:
-    """Host bookkeeping of a queued step once its scalars are there: the record, the count of
-    consecutive non-finite steps and the stop after ``train.max_bad_steps`` of them."""
-
-    def __init__(self, reporter, cfg: Config, start: int, total: int, bad: int, latest: Path):
-        self.reporter, self.cfg, self.start, self.total = reporter, cfg, start, total
-        self.bad = bad
-        """Consecutive non-finite steps so far (saved in the checkpoint)."""
-        self.latest = latest
-
-    def settle(self, pending: PendingStep) -> tuple[bool, bool]:
-        """Log the step, count it, raise ``TrainingDiverged``; (applied, some rank asked to
-        stop)."""
-        record = pending.resolve()
-        step, stop_requested = record["step"], record.pop("stop_requested")
-        weights_finite = record.pop("weights_finite")
-        self.bad = 0 if record["finite"] else self.bad + 1
-        self.reporter.step(
-            record,
-            wait=record.pop("data_wait_s"),
-            stage_changed=step == self.start or _stage_starts(self.cfg, step, self.total),
-        )
-        if not weights_finite:
-            raise TrainingDiverged(
-                f"step {step} made the weights non-finite (inf, nan or too large for float32; "
-                f"loss {record['loss']:.4g}); {self._last_good()}; lower optim.base_lr or "
-                "check the data"
-            )
-        if not record["finite"]:
-            warnings.warn(
-                f"step {step}: non-finite loss ({record['loss']}), step skipped", stacklevel=1
-            )
-            if self.bad >= self.cfg.train.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{self.bad} consecutive non-finite losses (last at step {step}); "
-                    f"{self._last_good()}; lower optim.base_lr or check the data"
-                )
-        return record["finite"], stop_requested
-
-    def _last_good(self) -> str:
-        if self.latest.exists():
-            return f"the last good checkpoint is {self.latest}"
-        return "no checkpoint was written"
-
-
-def _stage_starts(cfg: Config, step: int, total: int) -> bool:
-    return step > 0 and (
-        stage_at_step(cfg.curriculum, step, total).index
-        != stage_at_step(cfg.curriculum, step - 1, total).index
+def _checkpoint(model: SSLMetaArch, cfg: Config, train_state=None, metrics=None) -> dict:
+    # a collective when sharded: every rank calls it, only rank 0 gets the tensors
+    student, teacher = dist_utils.full_state_dicts(model)
+    return ckpt_io.make_checkpoint(
+        config=cfg.to_dict(),
+        arch=model.student["backbone"].arch_dict(),
+        teacher=teacher,
+        student=student,
+        train_state=train_state,
+        metrics=metrics,
     )
 
 
 def _save_resumable(
-    accelerator, core, optimizer, cfg, run_dir, step_done, stage, bad, metrics, keep
+    stack: TrainingStack,
+    cfg: Config,
+    run_dir: Path,
+    *,
+    step: int,
+    stage: int,
+    bad_steps: int,
+    metrics: dict[str, Any],
+    keep: int,
 ) -> None:
-    # every rank takes part in gathering the full state; only rank 0 writes
-    optimizer_state = dist_utils.full_optimizer_state(core, _inner_optimizer(optimizer))
-    rng_per_rank = dist_utils.gather_objects(rd.rng_state())
-    ckpt = _checkpoint(core, cfg, None, metrics or None)
-    if not accelerator.is_main_process:
+    """``checkpoint.pt`` after ``step`` steps (and its rotated copy when ``keep``): the
+    weights and the ``TrainState`` gathered from the stack. Every rank takes part in gathering
+    the full state; only rank 0 writes."""
+    optimizer_state = dist_utils.full_optimizer_state(stack.core, stack.inner_optimizer)
+    rng_per_rank = dist_utils.gather_objects(rng_state())
+    ckpt = _checkpoint(stack.core, cfg, None, metrics or None)
+    if not stack.accelerator.is_main_process:
         dist_utils.barrier()
         return
-    train_state = {
-        "step": step_done,
-        "stage": stage,
-        "optimizer": optimizer_state,
-        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-        "loss": core.loss_state_dict(),
-        "rng": rd.rng_state(),
-        "data_position": step_done * cfg.train.batch_size_per_gpu * accelerator.num_processes,
-        "bad_steps": bad,
-        "world_size": accelerator.num_processes,
-        "rng_per_rank": rng_per_rank,
-    }
-    ckpt["train_state"] = train_state
-    latest = ckpt_io.save(ckpt, run_dir / "checkpoint.pt")
-    rd.rotate_checkpoint(run_dir, latest, step_done, keep)
+    scaler = stack.accelerator.scaler
+    state = TrainState(
+        step=step,
+        stage=stage,
+        optimizer=optimizer_state,
+        scaler=scaler.state_dict() if scaler is not None else None,
+        loss=stack.core.loss_state_dict(),
+        rng=rng_state(),
+        data_position=step * cfg.train.batch_size_per_gpu * stack.world_size,
+        bad_steps=bad_steps,
+        world_size=stack.world_size,
+        rng_per_rank=rng_per_rank,
+    )
+    ckpt["train_state"] = state.state_dict()
+    latest = ckpt_io.save(ckpt, run_dir / rd.CHECKPOINT)
+    rd.rotate_checkpoint(run_dir, latest, step, keep)
     dist_utils.barrier()
+
+
+@contextlib.contextmanager
+def _single_threaded(active: bool):
+    """Build batches in the main process with one intra-op thread, as workers do.
+
+    Augmenting small crops spawns thousands of tiny tensor ops; with several threads each pays
+    a thread-pool synchronisation, which is slower than the op itself (and much slower on a
+    busy machine).
+    """
+    if not active:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,18 +1,22 @@
 """Metrics log (``metrics.jsonl``) and progress display for the training loop.
 
 Every ``log_period`` iterations (and at the first step, the last step and each stage start) one
-JSON object is appended to ``metrics.jsonl`` with the scheduled values, each loss term, gradient
-norms, images/s and the fraction of the window spent waiting for data. On a terminal a rich
-progress bar shows ETA, loss and images/s; otherwise the same record is printed as one plain line.
+JSON object is appended to ``metrics.jsonl`` (through ``rundir.MetricsWriter``, the log's one
+writer) with the scheduled values, each loss term, gradient norms, images/s and the fraction of
+the window spent waiting for data. On a terminal a rich progress bar shows ETA, loss and
+images/s; otherwise the same record is printed as one plain line. Events of the run (a skipped
+image, a skipped step) are one ``fastdino: ...`` line each on stderr (``note``), never a Python
+warning with its source line.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from fastdino_cli.rundir import MetricsWriter
 
 
 class ProgressReporter:
@@ -47,7 +51,7 @@ class ProgressReporter:
 
     def __enter__(self) -> ProgressReporter:
         if self.path is not None:
-            self._file = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+            self._file = MetricsWriter(self.path).__enter__()
         if self.use_rich:
             from rich.progress import (
                 BarColumn,
@@ -97,8 +101,7 @@ class ProgressReporter:
         if not self.enabled:
             return
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            self._file.append(record)
         info = (
             f"stage {record['stage']} {record['global_crops_size']}px "
             f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
@@ -116,8 +119,20 @@ class ProgressReporter:
                 flush=True,
             )
 
+    def note(self, message: str) -> None:
+        """One line about the run, ``fastdino: message``, on stderr (through the bar's console
+        while a progress bar is shown, so the bar stays intact); only the main process speaks."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(f"fastdino: {message}", markup=False, highlight=False)
+        else:
+            print(f"fastdino: {message}", file=sys.stderr, flush=True)
+
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
         if self._file is not None:
-            self._file.close()
+            self._file.__exit__(*exc)
+            self._file = None

@@ -1,7 +1,7 @@
 """Learning-rate, weight-decay, momentum and teacher-temperature schedules; parameter groups.
 
 Every schedule is a pure function of the iteration. Within a schedule segment (see
-``train/curriculum.py``) of ``L`` iterations, at local iteration ``t``::
+``curriculum.py``) of ``L`` iterations, at local iteration ``t``::
 
     lr(t)       = peak * t / W                                    for t < W (warmup from 0)
                 = min_lr + (peak - min_lr) * (1 + cos(pi * (t - W) / (L - W))) / 2   after

@@ -24,7 +24,7 @@ of the step. Inside ``TrainStep.__call__`` therefore:
   (``weights_finite()``: one multi-tensor norm, a read of the parameters, small beside AdamW's
   reads and writes of parameters, gradients and moments). The loop settles every step before
   any checkpoint that includes it and stops the run when its weights are not finite
-  (``train/loop.py::_Settler``): no checkpoint or ``final.pt`` of non-finite weights is ever
+  (``train/settle.py::Settler``): no checkpoint or ``final.pt`` of non-finite weights is ever
   written, and the step queued behind the bad one sees a NaN loss and is skipped on the device
   as usual.
 

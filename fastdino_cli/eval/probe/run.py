@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from fastdino_cli import checkpoint as ckpt_mod
+from fastdino_cli.data.labelled import check_same_classes, scan_labelled_folder
 from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.classifier import make_probe_entry, save_probe_entry
 from fastdino_cli.eval.features import FeatureRecipe, default_recipe, extract_features, model_hash
-from fastdino_cli.data.labelled import check_same_classes, scan_labelled_folder
 from fastdino_cli.eval.probe.knn import DEFAULT_KS, knn_classify
 from fastdino_cli.eval.probe.linear import DEFAULT_LRS, linear_probe
 from fastdino_cli.eval.probe.result import ProbeReport, ProbeRow, write_probe_json, write_table_csv

@@ -1,0 +1,183 @@
+"""The training stack of a config, assembled in one place: the loop, the benchmarks and the
+tests train with the very same model, optimizer, schedules, step and loader.
+
+``build_training(cfg)`` runs, in this order (it is the order of the random draws, so a resumed
+run continues bit for bit)::
+
+    accelerator   build_accelerator(train.precision): CUDA when there is one, autocast
+    model         torch.manual_seed(train.seed); SSLMetaArch(model, dino, ibot, centering);
+                  activation checkpointing, then compile (``step_options``); FSDP2 when several
+                  processes shard (``distributed``), before the optimizer sees the parameters
+    optimizer     AdamW over build_param_groups(student, optim), fused per ``optim.fused``
+    rng           torch.manual_seed(seed_for(train.seed, rank, TRAINING_STREAM))
+    resume        weights, AdamW state, loss centres and RNG from a checkpoint's TrainState
+    prepare       accelerator.prepare (device, DDP) when not sharded; the grad scaler's state
+    schedules     lr / wd / momentum / teacher temperature for the global batch
+    step          TrainStep (restart, schedules, forward, backward, clipping, AdamW, EMA)
+
+The loader comes apart (``build_train_loader``): it depends on the image files and on which
+steps a rank runs, not on the model. This is the one module that hands the whole ``Config`` out
+in sections; each component takes only its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fastdino_cli.checkpoint import set_rng_state
+from fastdino_cli.config import Config, OptimConfig
+from fastdino_cli.curriculum import is_restart_step
+from fastdino_cli.seeding import TRAINING_STREAM, seed_for
+from fastdino_cli.ssl.meta import SSLMetaArch
+from fastdino_cli.train import distributed as dist_utils
+from fastdino_cli.train.loader import StepRange, build_loader
+from fastdino_cli.train.resume import Resume
+from fastdino_cli.train.schedules import Schedules, build_param_groups
+from fastdino_cli.train.step import TrainStep
+from fastdino_cli.train.step_options import apply_step_options, fused_adamw
+
+
+@dataclass
+class TrainingStack:
+    """What ``build_training`` returns: the prepared objects a training loop drives."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    """The prepared (or FSDP-sharded) ``SSLMetaArch``: what the step calls."""
+    core: SSLMetaArch
+    """The same model, unwrapped: state dicts, loss centres, EMA."""
+    optimizer: torch.optim.Optimizer
+    """The prepared AdamW (``inner_optimizer``: the ``torch.optim`` one)."""
+    schedules: Schedules
+    step: TrainStep
+    sharded: bool
+
+    @property
+    def inner_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+
+def build_accelerator(precision: str):
+    """The run's ``Accelerator``: CUDA when there is one, with ``train.precision``'s autocast
+    (``auto``: bf16 where supported, else fp16 with a grad scaler); CPU runs in fp32."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        mixed = "no"
+    elif precision == "auto":
+        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def build_schedules(cfg: Config, global_batch: int) -> Schedules:
+    """The run's schedules (lr scaled for ``global_batch`` images per step, all ranks)."""
+    return Schedules(
+        optim=cfg.optim,
+        teacher=cfg.teacher,
+        curriculum=cfg.curriculum,
+        epoch_length=cfg.train.epoch_length,
+        total_steps=cfg.total_iterations,
+        global_batch=global_batch,
+    )
+
+
+def build_meta_arch(cfg: Config) -> SSLMetaArch:
+    """Student and teacher in one ``SSLMetaArch``, seeded by ``train.seed``, with the step
+    options of ``model.*`` applied (activation checkpointing, then compile)."""
+    torch.manual_seed(cfg.train.seed)
+    model = SSLMetaArch(
+        model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
+    )
+    return apply_step_options(
+        model,
+        compile=cfg.model.compile,
+        activation_checkpointing=cfg.model.activation_checkpointing,
+    )
+
+
+def build_optimizer(
+    student: torch.nn.Module, optim: OptimConfig, n_blocks: int, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over the student's parameter groups (layer-wise decay, no decay on norms and
+    biases, last layer apart); lr and weight decay are set per step by the schedules."""
+    groups = build_param_groups(student, optim, n_blocks)
+    return torch.optim.AdamW(
+        groups,
+        lr=0.0,
+        betas=(optim.adamw_beta1, optim.adamw_beta2),
+        fused=fused_adamw(optim.fused, device),
+    )
+
+
+def build_training(cfg: Config, *, accelerator=None, resume: Resume | None = None) -> TrainingStack:
+    """The training stack of ``cfg`` (see the module docstring), from scratch or continuing
+    ``resume``; ``accelerator`` defaults to ``build_accelerator(train.precision)``."""
+    accelerator = accelerator or build_accelerator(cfg.train.precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    model = build_meta_arch(cfg)
+    sharded = dist_utils.fsdp_enabled(cfg.distributed, world)
+    if sharded:  # before the optimizer: fully_shard replaces the parameters
+        dist_utils.apply_fsdp(
+            model, cfg.distributed, cfg.train.precision, device=accelerator.device
+        )
+    optimizer = build_optimizer(model.student, cfg.optim, model.n_blocks, accelerator.device)
+    torch.manual_seed(seed_for(cfg.train.seed, rank, TRAINING_STREAM))
+    if resume is not None:
+        dist_utils.load_full_state(model, dict(resume.student), dict(resume.teacher))
+        dist_utils.load_optimizer_state(model, optimizer, resume.state.optimizer)
+        model.load_loss_state_dict(resume.state.loss)
+        set_rng_state(resume.state.rng_for(rank, world))
+    prepared = model
+    if not sharded:
+        model.to(accelerator.device)
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+    if resume is not None and resume.state.scaler and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(resume.state.scaler)
+    core = accelerator.unwrap_model(prepared)
+    core.train()
+    schedules = build_schedules(cfg, cfg.train.batch_size_per_gpu * world)
+    total = cfg.total_iterations
+    step = TrainStep(
+        accelerator=accelerator,
+        model=prepared,
+        optimizer=optimizer,
+        schedules=schedules,
+        clip_grad=cfg.optim.clip_grad,
+        is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
+    )
+    return TrainingStack(accelerator, prepared, core, optimizer, schedules, step, sharded)
+
+
+def build_train_loader(
+    cfg: Config, files: Sequence[Path], steps: StepRange, device: torch.device
+) -> DataLoader:
+    """The loader of ``steps`` of one rank over ``files``, from ``cfg``'s sections."""
+    return build_loader(
+        files,
+        steps=steps,
+        batch_size=cfg.train.batch_size_per_gpu,
+        seed=cfg.train.seed,
+        data=cfg.data,
+        crops=cfg.crops,
+        curriculum=cfg.curriculum,
+        ibot=cfg.ibot,
+        patch_size=cfg.model.patch_size,
+        device=device,
+    )
