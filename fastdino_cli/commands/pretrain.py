@@ -18,7 +18,6 @@ from fastdino_cli.commands._common import (
 from fastdino_cli.config import load_config_yaml, resolve_config
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.train import launch
-from fastdino_cli.train.distributed import shutdown
 
 EXAMPLES = """Examples:
 
@@ -70,8 +69,6 @@ def pretrain_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
-    from fastdino_cli.train.loop import pretrain
-
     items = list(overrides or [])
     if out is not None:
         items.append(f"train.output_dir={out}")
@@ -91,6 +88,9 @@ def pretrain_command(
         args = _pretrain_args(preset, config, out, resume, force_config, overrides)
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
         return
+    from fastdino_cli.train.distributed import shutdown  # torch: only once the config is valid
+    from fastdino_cli.train.loop import pretrain
+
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
     shutdown()
     if launch.rank() != 0:  # one summary line per run, not one per process
