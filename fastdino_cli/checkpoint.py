@@ -139,15 +139,42 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             "official DINOv2 weights are converted with `fastdino checkpoint import`"
         )
     version = obj.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r} ({type(version).__name__}), "
+            "not a positive integer: it was not written by fastdino or it is damaged"
+        )
+    if version > VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format version {version!r}, newer than this fastdino "
             f"understands ({VERSION}); upgrade fastdino"
         )
+    _check_entries(obj, path)
+    return obj
+
+
+def _check_entries(obj: Mapping[str, Any], path: Path) -> None:
+    """Every entry has the type the format says: ``arch`` and ``teacher`` present, each entry a
+    mapping, ``teacher`` / ``student`` mapping names to tensors. Anything else is a foreign or
+    damaged file, refused in one line here rather than as an AttributeError deep inside."""
     for key in ("arch", "teacher"):
         if key not in obj:
             raise CheckpointError(f"{path} lacks the {key!r} entry every fastdino checkpoint has")
-    return obj
+    for key in ENTRIES:
+        value = obj.get(key)
+        if key in obj and not isinstance(value, Mapping):
+            raise CheckpointError(
+                f"{path}: its {key!r} entry is a {type(value).__name__}, not a mapping; "
+                "the file is damaged or was not written by fastdino"
+            )
+    for key in ("teacher", "student"):
+        bad = [k for k, v in (obj.get(key) or {}).items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(
+                f"{path}: its {key!r} entry holds {type(obj[key][bad[0]]).__name__} at "
+                f"{bad[0]!r} where a tensor belongs; the file is damaged or was not written "
+                "by fastdino"
+            )
 
 
 def load_state_dict_strict(

@@ -1,9 +1,11 @@
 """The ``fastdino`` command line: a table of contents.
 
-This module only registers subcommands and reports errors. Each subcommand lives in
-``fastdino_cli/commands/`` and calls one library function that a notebook can call too.
-``main`` is the single place that turns a ``FastdinoError`` into one line on stderr with exit
-code 2; ``--debug`` shows the traceback instead.
+This module only lists the subcommands and reports errors. Each subcommand lives in
+``fastdino_cli/commands/`` and calls one library function that a notebook can call too; its
+module is imported only when the command runs or shows its help (``commands/_lazy.py``), so
+``fastdino --help`` and usage errors answer without importing torch. ``main`` is the single place
+that turns a ``FastdinoError`` into one line on stderr with exit code 2; ``--debug`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -13,24 +15,97 @@ import sys
 
 import typer
 
-from fastdino_cli.commands import checkpoint as checkpoint_cmd
-from fastdino_cli.commands import corrupt_eval as corrupt_eval_cmd
-from fastdino_cli.commands import data as data_cmd
-from fastdino_cli.commands import demo as demo_cmd
-from fastdino_cli.commands import fourier as fourier_cmd
-from fastdino_cli.commands import gradcam as gradcam_cmd
-from fastdino_cli.commands import plot_metrics as plot_metrics_cmd
-from fastdino_cli.commands import presets as presets_cmd
-from fastdino_cli.commands import pretrain as pretrain_cmd
-from fastdino_cli.commands import probe as probe_cmd
-from fastdino_cli.commands import report as report_cmd
+from fastdino_cli.commands._lazy import LazyCommand, LazyGroup
 from fastdino_cli.errors import FastdinoError
 from fastdino_cli.fileio import describe_write_error
 
+TRAINING, EVALUATION, UTILITIES = "Training", "Evaluation", "Utilities"
+
+COMMANDS = (
+    LazyCommand(
+        "pretrain",
+        "fastdino_cli.commands.pretrain",
+        TRAINING,
+        "Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes a run).",
+    ),
+    LazyCommand(
+        "plot-metrics",
+        "fastdino_cli.commands.plot_metrics",
+        TRAINING,
+        "Plot a run's losses, learning rate and crop size per step.",
+    ),
+    LazyCommand(
+        "probe",
+        "fastdino_cli.commands.probe",
+        EVALUATION,
+        "kNN and linear probes on frozen features; stores the head in the checkpoint.",
+    ),
+    LazyCommand(
+        "corrupt-eval",
+        "fastdino_cli.commands.corrupt_eval",
+        EVALUATION,
+        "ImageNet-C accuracy per corruption and severity, mCE, tables and figures.",
+    ),
+    LazyCommand(
+        "fourier-heatmap",
+        "fastdino_cli.commands.fourier",
+        EVALUATION,
+        "Fourier error-sensitivity heatmaps of one or more checkpoints.",
+    ),
+    LazyCommand(
+        "gradcam",
+        "fastdino_cli.commands.gradcam",
+        EVALUATION,
+        "Grad-CAM maps of one or more checkpoints, side by side.",
+    ),
+    LazyCommand(
+        "report",
+        "fastdino_cli.commands.report",
+        EVALUATION,
+        "Compare runs in one Markdown report: cost, probes, robustness, figures.",
+    ),
+    LazyCommand(
+        "presets",
+        "fastdino_cli.commands.presets",
+        UTILITIES,
+        "List presets, print resolved configs and the reference of every config key.",
+    ),
+    LazyCommand(
+        "checkpoint",
+        "fastdino_cli.commands.checkpoint",
+        UTILITIES,
+        "Inspect checkpoints; import DINOv2 weights, export to timm or DINOv2.",
+    ),
+    LazyCommand(
+        "data",
+        "fastdino_cli.commands.data",
+        UTILITIES,
+        "Build the embedded demo dataset (no download).",
+    ),
+    # `curate` (issue 24) goes here: LazyCommand("curate", "fastdino_cli.commands.curate", ...)
+    LazyCommand(
+        "demo",
+        "fastdino_cli.commands.demo",
+        UTILITIES,
+        "The whole pipeline on the demo data, ending in one report (`make demo`).",
+    ),
+)
+"""Every subcommand, in the order and under the panel ``fastdino --help`` lists it."""
+
+
+class FastdinoGroup(LazyGroup):
+    """The root group: the commands of ``COMMANDS``, each imported on first use."""
+
+    entries = COMMANDS
+
+
 app = typer.Typer(
     name="fastdino",
+    cls=FastdinoGroup,
     help="DINOv2-style self-supervised ViT pretraining with the FastDINOv2 frequency curriculum, "
     "and the evaluations that measure what it buys.",
+    epilog="Run `fastdino COMMAND --help` for a command's options and examples; "
+    "`fastdino demo` runs everything on bundled data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -46,19 +121,6 @@ def _root(
     """fastdino: pretrain, probe and stress-test DINOv2-style ViTs."""
     if debug:
         _state["debug"] = True
-
-
-pretrain_cmd.register(app)
-plot_metrics_cmd.register(app)
-probe_cmd.register(app)
-corrupt_eval_cmd.register(app)
-fourier_cmd.register(app)
-gradcam_cmd.register(app)
-report_cmd.register(app)
-demo_cmd.register(app)
-app.add_typer(presets_cmd.app, name="presets")
-app.add_typer(checkpoint_cmd.app, name="checkpoint")
-app.add_typer(data_cmd.app, name="data")
 
 
 def _one_line(e: FastdinoError) -> str:

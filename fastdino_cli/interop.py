@@ -24,6 +24,7 @@ Every import is strict: a key that maps nowhere, a missing key or a wrong shape 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import zipfile
@@ -116,7 +117,16 @@ def unchunk_block_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(state: Mapping[str, Tensor]) -> dict[str, Any]:
+_SHAPES = {
+    "cls_token": (3, "(1, 1, dim)"),
+    "pos_embed": (3, "(1, 1 + grid * grid, dim)"),
+    "patch_embed.proj.weight": (4, "(dim, 3, patch, patch)"),
+    "register_tokens": (3, "(1, registers, dim)"),
+}
+"""Keys whose shape ``_describe`` reads: (number of dimensions, the layout of the hub weights)."""
+
+
+def _describe(state: Mapping[str, Tensor], source: str = "state dict") -> dict[str, Any]:
     """What the hub state dict itself says about the architecture."""
     need = ("cls_token", "pos_embed", "patch_embed.proj.weight")
     missing = [k for k in need if k not in state]
@@ -125,9 +135,20 @@ def _describe(state: Mapping[str, Tensor]) -> dict[str, Any]:
         raise CheckpointError(
             f"not a DINOv2 backbone state dict: missing {missing} (found {found} ...)"
         )
+    for key, (ndim, layout) in _SHAPES.items():
+        if key in state and state[key].ndim != ndim:
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, expected {layout} as in "
+                "the DINOv2 hub weights; is this a DINOv2 backbone?"
+            )
+    grid_tokens = state["pos_embed"].shape[1] - 1
+    if grid_tokens < 1 or round(grid_tokens**0.5) ** 2 != grid_tokens:
+        raise CheckpointError(
+            f"{source}: pos_embed has shape {tuple(state['pos_embed'].shape)}: {grid_tokens} "
+            "position tokens after CLS is not a square grid; is this a DINOv2 backbone?"
+        )
     blocks = {int(m.group(1)) for k in state if (m := _PLAIN_BLOCK.match(k))}
     regs = state.get("register_tokens")
-    grid_tokens = state["pos_embed"].shape[1] - 1
     return {
         "embed_dim": int(state["cls_token"].shape[-1]),
         "depth": max(blocks) + 1 if blocks else 0,
@@ -160,7 +181,7 @@ def dinov2_to_fastdino(
     if arch not in ARCHS:
         raise CheckpointError(f"--arch {arch!r} is not one of {', '.join(ARCHS)}")
     state = unchunk_block_names(state)
-    info = _describe(state)
+    info = _describe(state, source)
     table = ARCHS[arch]
     checks = [
         ("width", info["embed_dim"], table["embed_dim"], "--arch"),
@@ -229,7 +250,7 @@ def import_checkpoint(
     """Convert foreign backbone weights at ``src`` into a fastdino checkpoint at ``out``."""
     if format not in IMPORTERS:
         raise CheckpointError(f"--format {format!r} cannot be imported; use {sorted(IMPORTERS)}")
-    out = _check_out(out, force, (".pt",))
+    out = _check_out(out, force, (".pt",), src)
     state = read_state_dict(src)
     ckpt = IMPORTERS[format](
         state,
@@ -308,7 +329,7 @@ def export_checkpoint(
     if format not in EXPORTERS:
         raise CheckpointError(f"--format {format!r} is not one of {', '.join(EXPORTERS)}")
     convert, write, suffix = EXPORTERS[format]
-    out = _check_out(out, force, (suffix, ".pt", ".bin") if format == "dinov2" else (suffix,))
+    out = _check_out(out, force, (suffix, ".pt", ".bin") if format == "dinov2" else (suffix,), src)
     model, ckpt = load_teacher_backbone(src)
     arch = dict(ckpt["arch"])
     tensors = convert(model.state_dict(), arch)
@@ -326,10 +347,22 @@ def export_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_out(out: str | Path, force: bool, suffixes: tuple[str, ...]) -> Path:
-    out = Path(out)
+def _check_out(out: str | Path, force: bool, suffixes: tuple[str, ...], src: str | Path) -> Path:
+    """``--out`` as a path to write, refused when it is a folder, when it is the file being
+    converted (``--force`` replaces files, never the input), or when it exists without
+    ``--force``."""
+    out, src = Path(out), Path(src)
+    if out.is_dir():
+        raise CheckpointError(
+            f"--out {out} is a folder; pass a file to write, e.g. {out / ('model' + suffixes[0])}"
+        )
     if out.suffix not in suffixes:
         raise CheckpointError(f"--out {out} should end in {' or '.join(suffixes)}")
+    if out.exists() and src.exists() and os.path.samefile(out, src):
+        raise CheckpointError(
+            f"--out {out} is the input {src} itself; write the result to another file "
+            "(--force replaces an earlier output, never the file being converted)"
+        )
     if out.exists() and not force:
         raise CheckpointError(f"{out} already exists; pass --force to overwrite it")
     return out

@@ -580,6 +580,26 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
         lambda w: _pretrain(w, w.train, *TINY_RUN, "optim.base_lr=1e30", "train.max_steps=3"),
         lambda w: ["made the weights non-finite", "lower optim.base_lr"],
     ),
+    # issue 17 item 16: crop sizes that contradict each other
+    (
+        "global-crop-smaller-than-local-crop",
+        lambda w: [
+            "presets",
+            "show",
+            "demo",
+            "curriculum.stages=[{end: 1.0}]",  # one stage that uses crops.*
+            "crops.local_crops_size=80",
+        ],
+        lambda w: ["crops.global_crops_size=64", "crops.local_crops_size=80"],
+    ),
+    (
+        "stage-global-crop-smaller-than-its-local-crop",
+        lambda w: _pretrain(w, w.train, "curriculum.stages.1.local_crops_size=80"),
+        lambda w: [
+            "curriculum.stages.1.global_crops_size=64",
+            "curriculum.stages.1.local_crops_size=80",
+        ],
+    ),
     (
         "data-demo-onto-a-file",
         lambda w: ["data", "demo", str(w.tmp / "afile.png")],
@@ -913,6 +933,128 @@ def test_many_skipped_images_name_the_first_few_then_count(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[:-1] == [f"fastdino: skipping unreadable image bad{i}.jpg" for i in range(5)]
     assert lines[-1].startswith("fastdino: more unreadable images are skipped") and len(seen) == n
+
+
+# --------------------------------------------------------------------------------------------
+# hostile files (issue 17 items 7, 11, 12, 18, 19): one line naming the file, key or value,
+# and every file in the case's folder keeps its bytes (nothing written, nothing replaced)
+# --------------------------------------------------------------------------------------------
+
+
+def _saved(path: Path, obj) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _fastdino_dict(w: World) -> dict:
+    return torch.load(w.noprobe, map_location="cpu", weights_only=True)
+
+
+def _hub_state(pos_embed: torch.Tensor) -> dict:
+    """The keys of a DINOv2 hub state dict that describe the architecture (ViT-S/14)."""
+    return {
+        "cls_token": torch.zeros(1, 1, 384),
+        "pos_embed": pos_embed,
+        "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14),
+    }
+
+
+def _alias_bomb_config(w, d):
+    from tests.test_config import billion_laughs
+
+    bomb = d / "bomb.yaml"
+    bomb.write_text(billion_laughs(9, 9))
+    args = ["pretrain", "--preset", "demo", "--config", str(bomb), "--out", str(d / "run")]
+    return args, [str(bomb), "aliases expand to more than"]
+
+
+def _alias_bomb_in_an_override(w, d):
+    from tests.test_config import billion_laughs
+
+    value = billion_laughs(5, 12).replace("\n", ", ").join("{}")
+    return ["presets", "show", "demo", f"crops.mean={value}"], ["override crops.mean", "aliases"]
+
+
+def _teacher_is_a_list(w, d):
+    ckpt = _saved(d / "teacher_list.pt", {**_fastdino_dict(w), "teacher": [torch.zeros(2)]})
+    return ["checkpoint", "info", str(ckpt)], [str(ckpt), "'teacher' entry is a list"]
+
+
+def _teacher_holds_a_string(w, d):
+    ckpt = _saved(d / "teacher_str.pt", {**_fastdino_dict(w), "teacher": {"backbone.w": "x"}})
+    args = ["checkpoint", "export", str(ckpt), "--out", str(d / "m.safetensors")]
+    return args, [str(ckpt), "'teacher' entry holds str at 'backbone.w'"]
+
+
+def _version_is_a_string(w, d):
+    ckpt = _saved(d / "version_str.pt", {**_fastdino_dict(w), "version": "1"})
+    return ["checkpoint", "info", str(ckpt)], [str(ckpt), "version '1' (str)", "not written by"]
+
+
+def _import_1d_pos_embed(w, d):
+    src = _saved(d / "flat_pos.pth", _hub_state(torch.zeros(1370 * 384)))
+    args = ["checkpoint", "import", str(src), "--arch", "vit_small", "--out", str(d / "o.pt")]
+    return args, ["flat_pos.pth", "pos_embed has shape (526080,)", "(1, 1 + grid * grid, dim)"]
+
+
+def _import_non_square_pos_embed(w, d):
+    src = _saved(d / "odd_pos.pth", _hub_state(torch.zeros(1, 1 + 37 * 36, 384)))
+    args = ["checkpoint", "import", str(src), "--arch", "vit_small", "--out", str(d / "o.pt")]
+    return args, ["odd_pos.pth", "(1, 1333, 384)", "not a square grid"]
+
+
+def _export_onto_a_folder(w, d):
+    folder = d / "exports.safetensors"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine\n")
+    args = ["checkpoint", "export", str(w.noprobe), "--out", str(folder), "--force"]
+    return args, [f"--out {folder} is a folder"]
+
+
+def _export_onto_its_source(w, d):
+    ckpt = d / "final.pt"
+    shutil.copy(w.noprobe, ckpt)
+    args = ["checkpoint", "export", str(ckpt), "--format", "dinov2", "--out", str(ckpt)]
+    return [*args, "--force"], [f"--out {ckpt} is the input", "another file"]
+
+
+def _import_onto_its_source(w, d):
+    src = _saved(d / "weights.pt", _hub_state(torch.zeros(1, 1 + 4, 384)))
+    args = ["checkpoint", "import", str(src), "--arch", "vit_small", "--out", str(src)]
+    return [*args, "--force"], [f"--out {src} is the input"]
+
+
+HOSTILE_FILE_CASES = [
+    ("config-file-with-an-alias-bomb", _alias_bomb_config),
+    ("override-with-an-alias-bomb", _alias_bomb_in_an_override),
+    ("checkpoint-whose-teacher-is-a-list", _teacher_is_a_list),
+    ("checkpoint-whose-teacher-holds-a-string", _teacher_holds_a_string),
+    ("checkpoint-whose-version-is-a-string", _version_is_a_string),
+    ("import-a-1d-pos-embed", _import_1d_pos_embed),
+    ("import-a-pos-embed-that-is-no-grid", _import_non_square_pos_embed),
+    ("export-force-onto-a-folder", _export_onto_a_folder),
+    ("export-force-onto-its-own-source", _export_onto_its_source),
+    ("import-force-onto-its-own-source", _import_onto_its_source),
+]
+
+
+@pytest.mark.parametrize(
+    "case", [c[1] for c in HOSTILE_FILE_CASES], ids=[c[0] for c in HOSTILE_FILE_CASES]
+)
+def test_hostile_files_are_refused_in_one_line_and_left_as_they_were(w, capsys, case, request):
+    folder = w.tmp / "hostile" / request.node.callspec.id
+    folder.mkdir(parents=True)
+    args, culprits = case(w, folder)
+    before = tree_hashes(folder)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastdino: error: "), err
+    for culprit in culprits:
+        assert culprit in lines[0], (culprit, lines[0])
+    assert tree_hashes(folder) == before  # nothing replaced, nothing new (no run, no output)
 
 
 def _full_disk_under(monkeypatch, folder: Path) -> None:

@@ -188,3 +188,76 @@ def test_paths_become_absolute_and_the_demo_keyword_stays(tmp_path, monkeypatch)
     home = with_absolute_paths(resolve_config("demo", overrides=["data.train=~/x"]))
     assert home.data.train == str(Path.home() / "x")
     assert with_absolute_paths(absolute) == absolute
+
+
+# --------------------------------------------------------------------------------------------
+# YAML aliases (issue 17 item 7) and crop sizes (item 16)
+# --------------------------------------------------------------------------------------------
+
+
+def billion_laughs(levels: int = 9, width: int = 9) -> str:
+    """A config whose aliases expand to ``width ** levels`` strings (9 ** 9 = 387 million)."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    """Bounded in time by construction: the check visits each of the ~90 nodes once, so the
+    9-level document costs what a 1-level one does (no copy, no validation of 387M values)."""
+    from fastdino_cli.config import MAX_YAML_VALUES, load_yaml
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(billion_laughs())
+    with pytest.raises(ConfigError) as e:
+        resolve_config("demo", bomb)
+    message = str(e.value)
+    assert str(bomb) in message and "aliases expand to more than" in message
+    sizes = [1 + 9]  # l0: a list of 9 strings; l_i: a list of 9 copies of l_(i-1)
+    for _ in range(8):
+        sizes.append(1 + 9 * sizes[-1])
+    expanded = 1 + sum(1 + n for n in sizes)  # the mapping, and each key with its list
+    assert "\n" not in message and f"({expanded:.3g})" in message
+    with pytest.raises(ConfigError, match="override crops.mean: its YAML aliases"):
+        parse_override("crops.mean=" + billion_laughs(4, 20).replace("\n", ", ").join("{}"))
+    # just under the bound is read: the limit is about size, not about aliases
+    width = int(MAX_YAML_VALUES**0.5) - 2
+    assert len(load_yaml(billion_laughs(2, width), "ok")["l1"]) == width
+
+
+def test_a_recursive_alias_is_refused(tmp_path):
+    f = tmp_path / "loop.yaml"
+    f.write_text("crops:\n  mean: &m [0.1, *m]\n")
+    with pytest.raises(ConfigError, match=rf"{f}: a YAML alias refers to the list or mapping"):
+        resolve_config(config_file=f)
+
+
+def test_ordinary_aliases_still_work(tmp_path):
+    f = tmp_path / "shared.yaml"
+    f.write_text(
+        "curriculum:\n  stages:\n"
+        "  - {end: 0.5, noise_patching: &noise {enabled: true, max_sigma: 0.1}}\n"
+        "  - {end: 1.0, noise_patching: *noise}\n"
+    )
+    cfg = resolve_config("demo", f)
+    assert [s.noise_patching.max_sigma for s in cfg.curriculum.stages] == [0.1, 0.1]
+
+
+def test_a_global_crop_smaller_than_the_local_crop_is_refused():
+    with pytest.raises(ConfigError) as e:
+        resolve_config(overrides=["crops.global_crops_size=64"])  # local stays 96
+    assert "crops.global_crops_size=64 is smaller than crops.local_crops_size=96" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        resolve_config("demo", overrides=["curriculum.stages.1.local_crops_size=80"])
+    assert (
+        "curriculum.stages.1.global_crops_size=64 is smaller than "
+        "curriculum.stages.1.local_crops_size=80" in str(e.value)
+    )
+    two = "curriculum.stages=[{end: 0.5, global_crops_size: 128}, {end: 1.0}]"
+    with pytest.raises(ConfigError, match=r"crops\.local_crops_size=96 in stage 1"):
+        resolve_config(overrides=["crops.global_crops_size=64", two])
+    # equal sizes, no local crops at all, and crops.* values that every stage overrides: valid
+    assert resolve_config(overrides=["crops.global_crops_size=96"]).crops.global_crops_size == 96
+    assert resolve_config(overrides=["crops.global_crops_size=64", "crops.local_crops_number=0"])
+    assert resolve_config("vits16-in100-dinov2", overrides=["crops.local_crops_size=256"])

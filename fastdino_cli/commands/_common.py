@@ -1,4 +1,5 @@
-"""Options shared by several subcommands (defined once, as ``Annotated`` aliases)."""
+"""Options shared by several subcommands (defined once, as ``Annotated`` aliases), and the
+examples block every ``--help`` ends with."""
 
 from __future__ import annotations
 
@@ -22,3 +23,16 @@ CheckpointsArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def examples(*commands: str) -> str:
+    """The examples block of a ``--help``: pass it as ``epilog=`` of ``app.command(...)`` or
+    ``typer.Typer(...)``.
+
+    Each item is one command line, optionally followed by ``# what it does``. Items are separate
+    paragraphs (Typer's rich help joins single line breaks) and ``[`` is escaped, so a value such
+    as ``curriculum.stages=[{end: 0.5}]`` is shown as typed, not read as rich markup. Keeping the
+    block out of ``help=`` also keeps it out of the one-line summaries of command lists.
+    """
+    body = "\n\n".join(c.replace("[", "\\[") for c in commands)
+    return f"Examples:\n\n{body}"

@@ -9,10 +9,18 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.checkpoint import inspect
-from fastdino_cli.commands._common import JsonOpt
+from fastdino_cli.commands._common import JsonOpt, examples
 
-app = typer.Typer(help="Inspect, import and export checkpoints.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect checkpoints; import DINOv2 weights, export to timm or DINOv2.",
+    no_args_is_help=True,
+    add_completion=False,
+    epilog=examples(
+        "fastdino checkpoint info runs/demo/final.pt",
+        "fastdino checkpoint import dinov2_vitb14_pretrain.pth --arch vit_base --out vitb14.pt",
+        "fastdino checkpoint export runs/demo/final.pt --format timm --out model.safetensors",
+    ),
+)
 
 
 def _human(n: int) -> str:
@@ -24,12 +32,20 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-@app.command("info")
+@app.command(
+    "info",
+    epilog=examples(
+        "fastdino checkpoint info runs/demo/final.pt",
+        "fastdino checkpoint info runs/demo/checkpoint.pt --json   # machine-readable",
+    ),
+)
 def info_command(
     path: Annotated[Path, typer.Argument(help="A fastdino checkpoint (.pt).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Print format version, preset, arch, step/stage, entries present and sizes."""
+    from fastdino_cli.checkpoint import inspect
+
     info = inspect(path)
     if as_json:
         typer.echo(json.dumps(asdict(info), indent=2, default=str))
@@ -53,22 +69,18 @@ def info_command(
     typer.echo("\n".join(lines))
 
 
-IMPORT_EXAMPLES = """
-Examples:
+IMPORT_EXAMPLES = examples(
+    "fastdino checkpoint import dinov2_vitb14_pretrain.pth --arch vit_base --out vitb14.pt",
+    "fastdino checkpoint import dinov2_vits14_reg4_pretrain.pth --arch vit_small --patch 14 "
+    "--registers 4 --out vits14_reg4.pt",
+    "fastdino checkpoint import dinov2_vitb14_pretrain.pth --arch vit_base --img-size 224 "
+    "--out vitb14_224.pt   # resample pos_embed once",
+)
 
-  fastdino checkpoint import dinov2_vitb14_pretrain.pth --arch vit_base --out vitb14.pt
-
-  fastdino checkpoint import dinov2_vits14_reg4_pretrain.pth --arch vit_small --patch 14
-  --registers 4 --out vits14_reg4.pt
-"""
-
-EXPORT_EXAMPLES = """
-Examples:
-
-  fastdino checkpoint export runs/x/final.pt --format timm --out model.safetensors
-
-  fastdino checkpoint export runs/x/final.pt --format dinov2 --out backbone.pth
-"""
+EXPORT_EXAMPLES = examples(
+    "fastdino checkpoint export runs/x/final.pt --format timm --out model.safetensors",
+    "fastdino checkpoint export runs/x/final.pt --format dinov2 --out backbone.pth",
+)
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")]
 
@@ -77,8 +89,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it e
     "import",
     help="Convert official DINOv2 backbone weights (hub .pth layout, plain "
     "or chunked block names, with or without registers) into a fastdino checkpoint "
-    "that every evaluation accepts. Strict: any key that maps nowhere is an error."
-    + IMPORT_EXAMPLES,
+    "that every evaluation accepts. Strict: any key that maps nowhere is an error.",
+    epilog=IMPORT_EXAMPLES,
 )
 def import_command(
     src: Annotated[Path, typer.Argument(help="DINOv2 weights: .pth state dict or .safetensors.")],
@@ -120,7 +132,8 @@ def import_command(
 @app.command(
     "export",
     help="Write the teacher backbone of a fastdino checkpoint as timm "
-    "safetensors or a DINOv2 hub-format .pth state dict." + EXPORT_EXAMPLES,
+    "safetensors or a DINOv2 hub-format .pth state dict.",
+    epilog=EXPORT_EXAMPLES,
 )
 def export_command(
     src: Annotated[Path, typer.Argument(help="A fastdino checkpoint (.pt).")],

@@ -71,9 +71,6 @@ def pretrain_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a ViT with DINOv2 and the FastDINOv2 curriculum (resumes an existing run)."""
-    from fastdino_cli.train.distributed import shutdown
-    from fastdino_cli.train.loop import pretrain
-
     items = list(overrides or [])
     if out is not None:
         items.append(f"train.output_dir={out}")
@@ -88,6 +85,9 @@ def pretrain_command(
         args = _pretrain_args(preset, config, out, resume, force_config, overrides)
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
         return
+    from fastdino_cli.train.distributed import shutdown  # torch: only once the config is valid
+    from fastdino_cli.train.loop import pretrain
+
     result = pretrain(cfg, resume=True if resume else None, force_config=force_config)
     shutdown()
     if result.stopped == "sigint":  # Ctrl-C: checkpointed; exit as an interrupted command does

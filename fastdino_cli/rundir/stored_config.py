@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fastdino_cli.config import DEMO_DATA_ALIAS, PATH_KEYS, absolute_path, deep_merge
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.rundir.layout import CONFIG
@@ -45,14 +43,18 @@ def read_stored_config(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG
     if not path.exists():
         return None
+    from fastdino_cli.config.yamlio import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}); {_DAMAGED}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file; {_DAMAGED}") from None
+    try:  # the guarded reader: an alias bomb in a run's config is refused like a preset's
+        data = load_yaml(text, str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{e}; {_DAMAGED}") from None
     if data is None:
         raise ConfigError(f"{path} is empty, not a run's config; {_DAMAGED}")
     if not isinstance(data, dict):
@@ -61,15 +63,6 @@ def read_stored_config(run_dir: Path) -> dict[str, Any] | None:
             f"keys); {_DAMAGED}"
         )
     return data
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """What the parser found and where, in a few words."""
-    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def stored_path_bases(run_dir: Path, stored: dict[str, Any]) -> list[Path]:

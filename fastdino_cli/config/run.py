@@ -1,0 +1,57 @@
+"""``train.*`` and ``distributed.*``: how a run is driven (batch, length, outputs, precision,
+safety nets) and how it is sharded across processes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fastdino_cli.config.base import Section
+from fastdino_cli.config.objective import CenteringConfig
+
+
+class TrainConfig(Section):
+    """The run: batch, length, outputs, precision and safety nets."""
+
+    batch_size_per_gpu: int = Field(64, ge=1)
+    """Images per process and step; the global batch is this times the number of processes."""
+    epoch_length: int = Field(1250, ge=1)
+    """Iterations per "epoch" (DINOv2's OFFICIAL_EPOCH_LENGTH): a pure multiplier."""
+    output_dir: str = "runs/fastdino"
+    """Run directory (``--out``): config, metrics, checkpoints; resolved to an absolute path
+    when the run starts."""
+    checkpoint_period: int = Field(1000, ge=1)
+    """Iterations between resumable checkpoints (``checkpoint.pt``)."""
+    keep_checkpoints: int = Field(3, ge=0)
+    """Periodic ``checkpoints/step_*.pt`` files kept (0: none)."""
+    seed: int = 0
+    """Seed of the weights' initialisation, the data order and every augmentation draw."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast precision; auto: bf16 on CUDA when supported, else fp32."""
+    centering: CenteringConfig = CenteringConfig()
+    """How the teacher targets of the DINO and iBOT losses are centred."""
+    log_period: int = Field(10, ge=1)
+    """Iterations between log lines (the first, the last and each stage start are always
+    logged)."""
+    max_bad_steps: int = Field(5, ge=1)
+    """Consecutive non-finite losses tolerated before the run stops."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop early after this many iterations (schedules still span the full run)."""
+
+
+class DistributedConfig(Section):
+    """Sharding across processes (FSDP2); ignored in a single process."""
+
+    fsdp: bool = True
+    """Shard student and teacher with FSDP2 (``fully_shard`` per block); false: replicate them
+    on every process (DDP)."""
+    reshard_after_forward: bool = True
+    """Free the student's gathered weights after its forward (less memory, one more all-gather
+    in backward); the teacher always reshards."""
+    param_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Dtype the sharded weights are gathered and computed in (auto: follow
+    ``train.precision``)."""
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Dtype the backbone's gradients are reduced in across processes (the heads' always in
+    fp32)."""
