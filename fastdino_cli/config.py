@@ -131,6 +131,8 @@ class HeadConfig(Section):
     bottleneck_dim: int = Field(256, ge=1)
     hidden_dim: int = Field(2048, ge=1)
     nlayers: int = Field(3, ge=1)
+    norm_last_layer: bool = False
+    """Freeze each prototype's weight-norm scale g at 1 (DINO v1); False trains g as DINOv2."""
 
 
 class DinoConfig(Section):

@@ -148,18 +148,19 @@ def test_dino_head_shapes_normalised_prototypes_and_weights_only_keys(tmp_path):
     with torch.no_grad():
         out = head(torch.randn(5, 32))
     assert out.shape == (5, 50)
-    # cosine logits: |logit| <= 1 since both sides are unit vectors
+    # cosine logits at init: |logit| <= 1 since both sides are unit vectors (g starts at 1)
     assert float(out.abs().max()) <= 1.0 + 1e-5
-    # scaling the prototype weights does not change the output (g fixed to 1)
+    # scaling the prototype directions does not change the output (weight norm)
     with torch.no_grad():
         before = head(torch.ones(2, 32))
-        head.last_layer.weight.mul_(7.0)
+        head.last_layer.weight_v.mul_(7.0)
         assert torch.allclose(head(torch.ones(2, 32)), before, atol=1e-6)
     path = tmp_path / "h.pt"
     torch.save(head.state_dict(), path)
     sd = torch.load(path, weights_only=True)
     assert sorted(sd) == [
-        "last_layer.weight",
+        "last_layer.weight_g",
+        "last_layer.weight_v",
         "mlp.0.bias",
         "mlp.0.weight",
         "mlp.2.bias",
