@@ -50,6 +50,24 @@ def test_dino_loss_matches_pair_loop():
     assert float(g + loc) == pytest.approx(total / pairs, rel=1e-5)
 
 
+def test_dino_loss_without_local_crops_divides_by_three_as_the_reference():
+    """DINOv2: n_local_terms = max(n_local * 2, 1), n_global_terms = 2, and the summed global
+    CE (both swapped pairs) is divided by their sum: 3 without local crops, not 2."""
+    # K = 2, one image; student logits s, teacher targets t (rows: crop 1, crop 2)
+    s = torch.tensor([[0.0, 0.1], [0.2, 0.0]])
+    t = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    g, loc = DinoClsLoss(2, student_temp=0.1)(s, None, t)
+    # crop 1 vs teacher crop 2: log_softmax([0, 1]) = [-1.3132617, -0.3132617]
+    # crop 2 vs teacher crop 1: log_softmax([2, 0]) = [-0.1269280, -2.1269280]
+    ce_12 = 0.5 * 1.3132617 + 0.5 * 0.3132617  # 0.8132617
+    ce_21 = 0.75 * 0.1269280 + 0.25 * 2.1269280  # 0.6269280
+    assert float(loc) == 0.0
+    assert float(g) == pytest.approx((ce_12 + ce_21) / 3, rel=1e-6)  # 0.4800632
+    # with local crops the normaliser is 2 + 2 * n_local, as before
+    g1, loc1 = DinoClsLoss(2, student_temp=0.1)(s, s[:1], t)
+    assert float(g1) == pytest.approx((ce_12 + ce_21) / 4, rel=1e-6)
+
+
 def test_dino_loss_at_uniform_outputs_is_ln_k():
     k, b = 64, 4
     s = torch.zeros(2 * b, k)
