@@ -9,9 +9,9 @@ import torch
 from fastdino_cli.data import masking
 from fastdino_cli.data.masking import (
     BlockMaskGenerator,
-    block_mask_cap,
     CropSample,
     MultiCropCollate,
+    block_mask_cap,
     stratified_masks,
     token_weights,
 )
