@@ -13,7 +13,8 @@ Every ``.pt`` file is a plain dict written by ``torch.save`` and read with
 ``torch.load(weights_only=True)``: dicts, lists, strings, numbers and tensors only, never pickled
 classes. Top-level keys:
 
-    format, version  "fastdino", integer (a newer version than this code knows is an error)
+    format, version  "fastdino", integer (a newer version than this code knows is an error;
+                     an older one is migrated on load, see ``migrate``)
     config           resolved config as plain data
     arch             what rebuilds the backbone without the config (see ``model/vit.py``)
     teacher          teacher state dict: backbone.*, dino_head.*, ibot_head.*
@@ -45,7 +46,9 @@ from fastdino_cli.errors import CheckpointError
 from fastdino_cli.fileio import atomic_write
 
 FORMAT = "fastdino"
-VERSION = 1
+VERSION = 2
+"""1: prototype layers hold ``last_layer.weight`` (scale fixed at 1).
+2: DINOv2's weight-normed prototype layer, ``last_layer.weight_v`` and ``last_layer.weight_g``."""
 ENTRIES = ("config", "arch", "teacher", "student", "train_state", "probe", "metrics")
 
 
@@ -150,7 +153,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             f"understands ({VERSION}); upgrade fastdino"
         )
     _check_entries(obj, path)
-    return obj
+    return migrate(obj)
 
 
 def _check_entries(obj: Mapping[str, Any], path: Path) -> None:
@@ -175,6 +178,73 @@ def _check_entries(obj: Mapping[str, Any], path: Path) -> None:
                 f"{bad[0]!r} where a tensor belongs; the file is damaged or was not written "
                 "by fastdino"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Older format versions, brought up to VERSION in memory on load
+# --------------------------------------------------------------------------------------------
+
+
+def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` (as read by ``load``) in the current format: each step takes one version to the
+    next. The file itself is never rewritten."""
+    if ckpt["version"] < 2:
+        ckpt = _v1_to_v2(ckpt)
+    return ckpt
+
+
+_V1_LAST_LAYER = re.compile(r"^(.*\blast_layer\.)weight$")
+
+
+def _v1_to_v2(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """v1 prototype layers were ``F.normalize(last_layer.weight)``: DINOv2's weight norm with the
+    scale fixed at 1. The weight becomes ``weight_v`` and ``weight_g`` is 1, which computes the
+    same logits; the config says ``norm_last_layer: true`` (what that run trained with), so a
+    rebuilt model keeps g frozen and the optimizer state, which has no entry for g, still
+    matches it. The interpolation settings a v1 config left implicit are those of its arch."""
+    ckpt = dict(ckpt)
+    for key in ("teacher", "student"):
+        state = ckpt.get(key)
+        if not isinstance(state, Mapping):
+            continue
+        out: dict[str, torch.Tensor] = {}
+        for name, value in state.items():
+            m = _V1_LAST_LAYER.match(name)
+            if m:
+                out[m.group(1) + "weight_g"] = torch.ones(value.shape[0], 1, dtype=value.dtype)
+                out[m.group(1) + "weight_v"] = value
+            else:
+                out[name] = value
+        ckpt[key] = out
+    config = ckpt.get("config")
+    if isinstance(config, Mapping):
+        config = dict(config)
+        for section in ("dino", "ibot"):
+            part = config.get(section)
+            if isinstance(part, Mapping):
+                head = dict(part.get("head") or {})
+                head["norm_last_layer"] = True
+                config[section] = {**part, "head": head}
+        model = dict(config.get("model") or {})
+        arch = ckpt.get("arch") or {}
+        model.setdefault("interpolate_antialias", bool(arch.get("interpolate_antialias", False)))
+        model.setdefault("interpolate_offset", float(arch.get("interpolate_offset", 0.1)))
+        config["model"] = model
+        ckpt["config"] = config
+    optimizer = (ckpt.get("train_state") or {}).get("optimizer")
+    if isinstance(optimizer, Mapping) and isinstance(optimizer.get("param_groups"), list):
+        groups = []
+        for group in optimizer["param_groups"]:
+            names = group.get("names") if isinstance(group, Mapping) else None
+            if isinstance(names, list):
+                group = {**group, "names": [_V1_LAST_LAYER.sub(r"\1weight_v", n) for n in names]}
+            groups.append(group)
+        ckpt["train_state"] = {
+            **ckpt["train_state"],
+            "optimizer": {**optimizer, "param_groups": groups},
+        }
+    ckpt["version"] = 2
+    return ckpt
 
 
 def load_state_dict_strict(

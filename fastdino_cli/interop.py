@@ -15,7 +15,13 @@ that the ``fastdino checkpoint import|export`` commands call:
     safetensors with timm's ``vit_*_dinov2`` keys: ``mask_token`` dropped, SwiGLU ``w12``/``w3``
     renamed ``fc1``/``fc2`` (timm's packed SwiGLU gates the first half, as DINOv2 does); with
     registers ``reg_token``, the CLS position folded into ``cls_token`` and ``pos_embed`` without
-    the CLS entry (timm's no_embed_class layout), which computes the same function.
+    the CLS entry (timm's no_embed_class layout), which computes the same function. The file's
+    metadata holds ``timm_kwargs``, the JSON keyword arguments of
+    ``timm.models.vision_transformer.VisionTransformer`` that rebuild the backbone (any size,
+    ``dynamic_img_size=True``), and ``timm_model`` only where timm has that exact architecture
+    (the released DINOv2 shapes). timm resizes the position grid to the exact input grid with
+    antialias; a model that interpolates otherwise (offset 0.1, the non-register releases and
+    the FastDINOv2 code) is refused unless ``allow_interpolation_mismatch``.
 
 Every import is strict: a key that maps nowhere, a missing key or a wrong shape is a
 ``CheckpointError`` listing them.
@@ -293,12 +299,74 @@ def fastdino_to_timm(state: Mapping[str, Tensor], arch: Mapping[str, Any]) -> di
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def timm_model_name(arch: Mapping[str, Any]) -> str:
-    """The timm model name that matches ``arch`` (a hint stored in the file's metadata)."""
-    size = {"vit_giant2": "giant"}.get(str(arch.get("arch")), str(arch.get("arch", "vit_?"))[4:])
+TIMM_DINOV2_SIZES = {
+    "vit_small": "small",
+    "vit_base": "base",
+    "vit_large": "large",
+    "vit_giant2": "giant",
+}
+"""fastdino arch -> the size word of timm's ``vit_{size}_patch14[_reg4]_dinov2`` models."""
+
+
+def timm_model_name(arch: Mapping[str, Any]) -> str | None:
+    """The timm model with exactly this architecture, or None (timm's DINOv2 models are the
+    released shapes only: patch 14, the table's width / depth / heads / FFN, LayerScale, 0 or 4
+    registers). The image size is not part of it (a constructor argument)."""
+    name = str(arch.get("arch"))
+    if name not in TIMM_DINOV2_SIZES:
+        return None
+    table = ARCHS[name]
     regs = int(arch.get("num_register_tokens", 0))
-    reg = f"_reg{regs}" if regs else ""
-    return f"vit_{size}_patch{arch['patch_size']}{reg}_dinov2"
+    same = (
+        int(arch["patch_size"]) == 14
+        and all(arch.get(k) == table[k] for k in ("embed_dim", "depth", "num_heads", "ffn"))
+        and float(arch.get("mlp_ratio", 4.0)) == 4.0
+        and bool(arch.get("layerscale", True))
+        and regs in (0, 4)
+    )
+    if not same:
+        return None
+    return f"vit_{TIMM_DINOV2_SIZES[name]}_patch14{'_reg4' if regs else ''}_dinov2"
+
+
+def timm_interpolation_matches(arch: Mapping[str, Any]) -> bool:
+    """Whether timm's position-embedding resize (exact size, bicubic, antialias) is this
+    model's: offset 0 and antialias on. Arch entries without the keys predate them (0.1, off)."""
+    offset = float(arch.get("interpolate_offset", 0.1))
+    return offset == 0.0 and bool(arch.get("interpolate_antialias", False))
+
+
+def timm_kwargs(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-safe keyword arguments of ``timm.models.vision_transformer.VisionTransformer`` that
+    build this backbone with no head, CLS-token output after the final norm (what fastdino's
+    ``forward`` returns) and any input size. A SwiGLU FFN is named by its timm class
+    (``"mlp_layer": "SwiGLUPacked"``), to be replaced by ``timm.layers.SwiGLUPacked``."""
+    dim = int(arch["embed_dim"])
+    regs = int(arch.get("num_register_tokens", 0))
+    kwargs: dict[str, Any] = {
+        "img_size": int(arch["img_size"]),
+        "patch_size": int(arch["patch_size"]),
+        "embed_dim": dim,
+        "depth": int(arch["depth"]),
+        "num_heads": int(arch["num_heads"]),
+        "mlp_ratio": float(arch.get("mlp_ratio", 4.0)),
+        "qkv_bias": True,
+        "init_values": (arch.get("layerscale_init") or 1.0) if arch.get("layerscale") else None,
+        "class_token": True,
+        "reg_tokens": regs,
+        "no_embed_class": bool(regs),
+        "global_pool": "token",
+        "num_classes": 0,
+        "dynamic_img_size": True,
+    }
+    if arch.get("ffn") == "swiglu":
+        # timm's packed SwiGLU: fc1 has int(dim * mlp_ratio) = 2 x the gated width
+        packed = 2 * int(arch["ffn_hidden_dim"])
+        ratio = packed / dim
+        if int(dim * ratio) != packed:
+            ratio = (packed + 0.5) / dim
+        kwargs.update(mlp_ratio=ratio, mlp_layer="SwiGLUPacked", act_layer="silu")
+    return kwargs
 
 
 def _write_pth(tensors: dict[str, Tensor], out: Path, meta: dict[str, str]) -> None:
@@ -323,21 +391,41 @@ IMPORTERS: dict[str, Callable[..., dict[str, Any]]] = {"dinov2": dinov2_to_fastd
 
 
 def export_checkpoint(
-    src: str | Path, out: str | Path, *, format: str = "timm", force: bool = False
+    src: str | Path,
+    out: str | Path,
+    *,
+    format: str = "timm",
+    force: bool = False,
+    allow_interpolation_mismatch: bool = False,
 ) -> Path:
-    """Write the teacher backbone of fastdino checkpoint ``src`` to ``out`` in ``format``."""
+    """Write the teacher backbone of fastdino checkpoint ``src`` to ``out`` in ``format``.
+
+    ``--format timm`` refuses a model whose position-embedding interpolation timm cannot
+    reproduce (it would compute another function off the native grid) unless
+    ``allow_interpolation_mismatch``.
+    """
     if format not in EXPORTERS:
         raise CheckpointError(f"--format {format!r} is not one of {', '.join(EXPORTERS)}")
     convert, write, suffix = EXPORTERS[format]
     out = _check_out(out, force, (suffix, ".pt", ".bin") if format == "dinov2" else (suffix,), src)
     model, ckpt = load_teacher_backbone(src)
     arch = dict(ckpt["arch"])
+    meta = {"format": "pt", "fastdino_arch": json.dumps(arch, sort_keys=True)}
+    if format == "timm":
+        if not timm_interpolation_matches(arch) and not allow_interpolation_mismatch:
+            grid = arch["img_size"] // arch["patch_size"] * arch["patch_size"]
+            raise CheckpointError(
+                f"{src} interpolates its position embedding with offset "
+                f"{arch.get('interpolate_offset', 0.1)} and antialias "
+                f"{'on' if arch.get('interpolate_antialias') else 'off'}, which timm cannot "
+                f"reproduce: features would differ at inputs other than {grid} px; pass "
+                "--allow-interpolation-mismatch to export anyway"
+            )
+        meta["timm_kwargs"] = json.dumps(timm_kwargs(arch), sort_keys=True)
+        name = timm_model_name(arch)
+        if name is not None:
+            meta["timm_model"] = name
     tensors = convert(model.state_dict(), arch)
-    meta = {
-        "format": "pt",
-        "fastdino_arch": json.dumps(arch, sort_keys=True),
-        "timm_model": timm_model_name(arch),
-    }
     write(tensors, out, meta)
     return out
 

@@ -141,8 +141,9 @@ def test_timm_export_keys_and_function(tiny_arch, tmp_path):
     assert torch.equal(timm_sd["reg_token"], sd["register_tokens"])
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
-    assert meta["timm_model"] == "vit_tiny_patch14_reg4_dinov2"
+    assert "timm_model" not in meta  # timm has no vit_tiny_patch14_reg4_dinov2
     assert json.loads(meta["fastdino_arch"])["num_register_tokens"] == 4
+    assert json.loads(meta["timm_kwargs"])["reg_tokens"] == 4
     # Same function: undo the fold with a zero CLS position and compare outputs.
     back = {k: v for k, v in timm_sd.items() if k not in ("reg_token", "pos_embed")}
     back["register_tokens"] = timm_sd["reg_token"]
@@ -164,8 +165,10 @@ def test_timm_export_swiglu_and_no_registers(tiny_arch):
     assert torch.equal(timm_sd["blocks.1.mlp.fc1.weight"], sd["blocks.1.mlp.w12.weight"])
     assert torch.equal(timm_sd["pos_embed"], sd["pos_embed"])  # CLS position kept
     assert "mask_token" not in timm_sd and "reg_token" not in timm_sd
-    name = timm_model_name({"arch": "vit_giant2", "patch_size": 14, "num_register_tokens": 0})
-    assert name == "vit_giant_patch14_dinov2"
+    giant = {"arch": "vit_giant2", "patch_size": 14, "num_register_tokens": 0}
+    giant.update(ARCHS["vit_giant2"], mlp_ratio=4.0, layerscale=True)
+    assert timm_model_name(giant) == "vit_giant_patch14_dinov2"
+    assert timm_model_name({**giant, "num_register_tokens": 4}) == "vit_giant_patch14_reg4_dinov2"
 
 
 def test_strict_import_lists_unmatched_keys(tiny_arch, tmp_path):
@@ -256,6 +259,21 @@ def test_cli_import_export(tiny_arch, tmp_path, capsys):
     )
     assert code == 2 and err.startswith("fastdino: error: hub.pth has register tokens 4")
     assert err.count("\n") == 1
+
+
+def test_cli_timm_export_refuses_legacy_interpolation_unless_asked(tiny_arch, tmp_path, capsys):
+    _, sd = hub_state(registers=0)  # a non-register release: offset 0.1, no antialias
+    torch.save(sd, tmp_path / "hub.pth")
+    x_pt = import_checkpoint(tmp_path / "hub.pth", tmp_path / "x.pt", arch="vit_tiny")
+    argv = ["checkpoint", "export", str(x_pt), "--out", str(tmp_path / "m.safetensors")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "timm cannot reproduce" in err and "--allow-interpolation-mismatch" in err
+    assert not (tmp_path / "m.safetensors").exists()
+    code, out, err = run([*argv, "--allow-interpolation-mismatch"], capsys)
+    assert code == 0, err
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["timm_kwargs"])["no_embed_class"] is False
 
 
 class _Foreign:

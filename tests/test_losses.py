@@ -50,6 +50,24 @@ def test_dino_loss_matches_pair_loop():
     assert float(g + loc) == pytest.approx(total / pairs, rel=1e-5)
 
 
+def test_dino_loss_without_local_crops_divides_by_three_as_the_reference():
+    """DINOv2: n_local_terms = max(n_local * 2, 1), n_global_terms = 2, and the summed global
+    CE (both swapped pairs) is divided by their sum: 3 without local crops, not 2."""
+    # K = 2, one image; student logits s, teacher targets t (rows: crop 1, crop 2)
+    s = torch.tensor([[0.0, 0.1], [0.2, 0.0]])
+    t = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    g, loc = DinoClsLoss(2, student_temp=0.1)(s, None, t)
+    # crop 1 vs teacher crop 2: log_softmax([0, 1]) = [-1.3132617, -0.3132617]
+    # crop 2 vs teacher crop 1: log_softmax([2, 0]) = [-0.1269280, -2.1269280]
+    ce_12 = 0.5 * 1.3132617 + 0.5 * 0.3132617  # 0.8132617
+    ce_21 = 0.75 * 0.1269280 + 0.25 * 2.1269280  # 0.6269280
+    assert float(loc) == 0.0
+    assert float(g) == pytest.approx((ce_12 + ce_21) / 3, rel=1e-6)  # 0.4800632
+    # with local crops the normaliser is 2 + 2 * n_local, as before
+    g1, loc1 = DinoClsLoss(2, student_temp=0.1)(s, s[:1], t)
+    assert float(g1) == pytest.approx((ce_12 + ce_21) / 4, rel=1e-6)
+
+
 def test_dino_loss_at_uniform_outputs_is_ln_k():
     k, b = 64, 4
     s = torch.zeros(2 * b, k)
@@ -148,18 +166,19 @@ def test_dino_head_shapes_normalised_prototypes_and_weights_only_keys(tmp_path):
     with torch.no_grad():
         out = head(torch.randn(5, 32))
     assert out.shape == (5, 50)
-    # cosine logits: |logit| <= 1 since both sides are unit vectors
+    # cosine logits at init: |logit| <= 1 since both sides are unit vectors (g starts at 1)
     assert float(out.abs().max()) <= 1.0 + 1e-5
-    # scaling the prototype weights does not change the output (g fixed to 1)
+    # scaling the prototype directions does not change the output (weight norm)
     with torch.no_grad():
         before = head(torch.ones(2, 32))
-        head.last_layer.weight.mul_(7.0)
+        head.last_layer.weight_v.mul_(7.0)
         assert torch.allclose(head(torch.ones(2, 32)), before, atol=1e-6)
     path = tmp_path / "h.pt"
     torch.save(head.state_dict(), path)
     sd = torch.load(path, weights_only=True)
     assert sorted(sd) == [
-        "last_layer.weight",
+        "last_layer.weight_g",
+        "last_layer.weight_v",
         "mlp.0.bias",
         "mlp.0.weight",
         "mlp.2.bias",

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from fastdino_cli.data import masking
 from fastdino_cli.data.masking import (
     BlockMaskGenerator,
     CropSample,
     MultiCropCollate,
+    block_mask_cap,
     stratified_masks,
     token_weights,
 )
@@ -24,6 +26,32 @@ def test_block_mask_reaches_target_without_exceeding_much():
         m = gen(target, rng)
         assert m.shape == (14, 14) and m.dtype == bool
         assert target * 0.6 <= m.sum() <= target
+
+
+def test_block_mask_cap_is_the_reference_integer_arithmetic():
+    # DINOv2 train.py: max_num_patches = 0.5 * img_size // patch_size * img_size // patch_size
+    assert block_mask_cap(112, 16) == 21  # 56.0 // 16 = 3.0; 3.0 * 112 = 336; 336 // 16 = 21
+    assert block_mask_cap(224, 16) == 98  # 112 // 16 = 7; 7 * 224 = 1568; 1568 // 16 = 98
+    assert block_mask_cap(224, 14) == 128  # 112 // 14 = 8; 8 * 224 // 14 = 128
+    assert block_mask_cap(98, 14) == 21
+    assert block_mask_cap(111, 16) == 20  # 55.5 // 16 = 3; 333 // 16 = 20 (border dropped)
+    assert block_mask_cap(8, 8) == 0  # below two patch rows the reference masks nothing
+    assert BlockMaskGenerator(7, 7).max_num_patches == 21  # not int(0.5 * 49) = 24
+    assert BlockMaskGenerator(14, 14).max_num_patches == 98
+
+
+def test_collate_caps_blocks_by_the_crop_size(monkeypatch):
+    seen = {}
+    real = masking.stratified_masks
+
+    def spy(*args, **kwargs):
+        seen.update(grid=args[1], cap=kwargs["max_block_patches"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masking, "stratified_masks", spy)
+    col = MultiCropCollate(patch_size=16, mask_probability=0.5, ratio_min_max=(0.1, 0.5), seed=0)
+    col([_sample(0, i, g=112, l=48, n_local=1) for i in range(2)])
+    assert seen == {"grid": (7, 7), "cap": 21}
 
 
 def test_stratified_ratios_fraction_and_shuffle():

@@ -166,7 +166,8 @@ def test_param_group_membership():
     assert where["backbone.blocks.1.ls1.gamma"]["wd_mult"] == 0.0
     assert where["backbone.norm.weight"]["lr_mult"] == 1.0
     assert where["dino_head.mlp.0.weight"]["lr_mult"] == 1.0
-    assert where["dino_head.last_layer.weight"]["is_last_layer"]
+    assert where["dino_head.last_layer.weight_v"]["is_last_layer"]
+    assert where["dino_head.last_layer.weight_g"]["is_last_layer"]
     assert not where["dino_head.mlp.0.weight"]["is_last_layer"]
     keys = [(g["lr_mult"], g["wd_mult"], g["is_last_layer"]) for g in groups]
     assert len(keys) == len(set(keys))  # fused

@@ -1,5 +1,5 @@
 """``checkpoint.TrainState``: the ``train_state`` entry as a dataclass, RNG states as plain data,
-and a checkpoint written before ``TrainState`` existed still resuming bit for bit.
+and a checkpoint written before ``TrainState`` (and before format 2) still resuming.
 
 The fixture ``tests/fixtures/checkpoint_v1/checkpoint.pt`` was written by fastdino before this
 change (commit cc498f7; ``meta.json`` says how): the tiny run of ``tests/test_pretrain.py`` with
@@ -94,25 +94,40 @@ def test_the_fixture_is_a_checkpoint_of_the_old_writer():
     assert again["optimizer"] is entry["optimizer"] and again["rng"] is entry["rng"]
 
 
+V1_SETTINGS = [  # what a version-1 run trained with (CHANGELOG: resuming a version-1 run)
+    "dino.head.norm_last_layer=true",
+    "ibot.head.norm_last_layer=true",
+    "model.interpolate_offset=0.1",
+    "model.interpolate_antialias=false",
+]
+
+
 @pytest.mark.slow
-def test_a_checkpoint_written_before_train_state_resumes_bit_for_bit(tmp_path, demo_data):
-    """Resumed from the old checkpoint, the run ends exactly where an uninterrupted run of
-    this code ends: the old ``train_state`` restores everything the next steps depend on."""
+def test_a_version_1_checkpoint_resumes_and_its_state_carries_on_bit_for_bit(tmp_path, demo_data):
+    """The fixture predates both ``TrainState`` and checkpoint format 2 (the prototype scale g).
+    Migrated on load, it resumes; and the state it resumes with is complete: stopping the resumed
+    run one step later and resuming again ends bit for bit where the straight resume ends.
+
+    (An uninterrupted run of today's code is no reference any more: format 2 initialises the
+    prototype direction differently, so a fresh run starts from other weights.)"""
     meta = json.loads((FIXTURE / "meta.json").read_text())
-    run = tmp_path / "old"
-    run.mkdir()
-    shutil.copy(FIXTURE / "checkpoint.pt", run / "checkpoint.pt")
-    extra = meta["extra_overrides"]
+    extra = [*meta["extra_overrides"], *V1_SETTINGS]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    for run in (straight, stopped):
+        run.mkdir()
+        shutil.copy(FIXTURE / "checkpoint.pt", run / "checkpoint.pt")
     # the stored data.train is the fixture writer's copy of the demo data: same files here
-    res = pretrain(tiny(run, demo_data.train, extra=extra), force_config=True, progress=False)
+    res = pretrain(tiny(straight, demo_data.train, extra=extra), force_config=True, progress=False)
     assert res.resumed_from == meta["step"] and res.steps_done == 6 and res.stopped == "finished"
-    here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
-    if here != (meta["torch"], meta["cpu_capability"]):
-        pytest.skip(
-            f"bitwise comparison needs the fixture's torch {meta['torch']} on a "
-            f"{meta['cpu_capability']} CPU (float kernels differ across them); here {here}"
-        )
-    ref = tmp_path / "ref"
-    pretrain(tiny(ref, demo_data.train, extra=extra), progress=False)
-    a, b = ckpt_io.load(ref / "final.pt"), ckpt_io.load(run / "final.pt")
+    first = pretrain(
+        tiny(stopped, demo_data.train, extra=[*extra, "train.max_steps=5"]),
+        force_config=True,
+        progress=False,
+    )
+    assert first.resumed_from == meta["step"] and first.steps_done == 5
+    again = pretrain(tiny(stopped, demo_data.train, extra=extra), force_config=True, progress=False)
+    assert again.resumed_from == 5 and again.stopped == "finished"
+    a, b = ckpt_io.load(straight / "final.pt"), ckpt_io.load(stopped / "final.pt")
     assert same_weights(a["teacher"], b["teacher"]) and same_weights(a["student"], b["student"])
+    g = [v for k, v in a["teacher"].items() if k.endswith("last_layer.weight_g")]
+    assert g and all(torch.equal(x, torch.ones_like(x)) for x in g)  # frozen at 1, as in v1

@@ -142,8 +142,23 @@ def export_command(
         str, typer.Option("--format", "-f", help="timm (.safetensors) or dinov2 (.pth).")
     ] = "timm",
     force: ForceOpt = False,
+    allow_interpolation_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-interpolation-mismatch",
+            help="Export to timm even if the model resizes its position embedding in a way "
+            "timm cannot reproduce (offset 0.1 or no antialias): features then differ from "
+            "fastdino's at inputs other than the native size.",
+        ),
+    ] = False,
 ) -> None:
     from fastdino_cli.interop import export_checkpoint
 
-    path = export_checkpoint(src, out, format=fmt, force=force)
+    path = export_checkpoint(
+        src,
+        out,
+        format=fmt,
+        force=force,
+        allow_interpolation_mismatch=allow_interpolation_mismatch,
+    )
     typer.echo(f"wrote {path} ({fmt} format)")

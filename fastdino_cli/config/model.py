@@ -39,10 +39,12 @@ class ModelConfig(Section):
     """Uniform stochastic-depth rate of the student (the teacher never drops)."""
     efficient_drop_path: bool = True
     """Compute a dropped residual branch only on the kept samples (DINOv2's trick)."""
-    interpolate_antialias: bool = False
-    """Antialias the bicubic position-embedding interpolation (True for the reg4 releases)."""
-    interpolate_offset: float = Field(0.1, ge=0.0)
-    """DINOv2's legacy scale-factor offset (0.1 for the non-reg releases, 0.0 for reg4)."""
+    interpolate_antialias: bool = True
+    """Antialias the bicubic position-embedding resize, as timm, DINOv3 and DINOv2-reg4 do
+    (False with offset 0.1: the FastDINOv2 code and the non-register DINOv2 releases)."""
+    interpolate_offset: float = Field(0.0, ge=0.0)
+    """DINOv2's legacy scale-factor offset: 0 resizes to the exact grid (timm can reproduce
+    only this, with antialias); 0.1 is the FastDINOv2 code's and the non-reg releases'."""
     attention: Literal["auto", "sdpa", "xformers", "varlen"] = "auto"
     """Attention backend for multi-crop batches: grouped SDPA, or one packed call on CUDA."""
     compile: bool = False

@@ -21,6 +21,8 @@ class HeadConfig(Section):
     """Width of the hidden MLP layers."""
     nlayers: int = Field(3, ge=1)
     """Linear layers in the MLP, GELU between them (1: a single projection)."""
+    norm_last_layer: bool = False
+    """Freeze each prototype's weight-norm scale g at 1 (DINO v1); False trains g as DINOv2."""
 
 
 class DinoConfig(Section):

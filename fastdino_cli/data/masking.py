@@ -2,7 +2,9 @@
 
 Block masking (BEiT-style, as DINOv2): rectangles of area U[4, remaining] patches and log-uniform
 aspect ratio in [0.3, 1/0.3] are added until the target count is reached or ten tries in a row
-add nothing; a block may add at most half of the grid. Of the 2B global crops of a batch,
+add nothing; a block may add at most ``block_mask_cap`` patches, "half of the grid" computed with
+the reference's integer arithmetic (21 on a 7x7 grid, 98 on 14x14). Of the 2B global crops of a
+batch,
 ``int(2B * mask_sample_probability)`` get a mask whose ratio is drawn stratified: image i draws
 from U[p_i, p_{i+1}] with ``p = linspace(lo, hi, n_masked + 1)``; the masks are then shuffled
 over all 2B crops. The mask grid follows the crop size (``crop // patch``), so it changes with
@@ -30,8 +32,22 @@ from torch import Tensor
 from fastdino_cli.data.photometric import normalisation_affine, normalise
 
 
+def block_mask_cap(crop_size: int, patch_size: int, crop_width: int | None = None) -> int:
+    """Most patches one block may add: DINOv2's ``max_num_patches = 0.5 * img_size //
+    patch_size * img_size // patch_size`` evaluated as Python does, left to right with floor
+    divisions: ``((0.5 * img) // p * img) // p``. That is ``floor(grid / 2) * grid`` for a crop
+    of whole patches (21 on a 7x7 grid, not 24; 98 on 14x14), 0 below two patch rows.
+    ``crop_width`` (default ``crop_size``) generalises it to a non-square crop."""
+    width = crop_size if crop_width is None else crop_width
+    return int((0.5 * crop_size) // patch_size * width // patch_size)
+
+
 class BlockMaskGenerator:
-    """Block masks on a ``height x width`` patch grid."""
+    """Block masks on a ``height x width`` patch grid.
+
+    ``max_num_patches`` caps what one block adds; the default is ``block_mask_cap`` for a crop of
+    exactly ``height x width`` patches, ``(height // 2) * width``.
+    """
 
     def __init__(
         self,
@@ -46,9 +62,7 @@ class BlockMaskGenerator:
         self.height, self.width = height, width
         self.num_patches = height * width
         self.min_num_patches = min_num_patches
-        self.max_num_patches = (
-            max(1, int(0.5 * self.num_patches)) if max_num_patches is None else max_num_patches
-        )
+        self.max_num_patches = (height // 2) * width if max_num_patches is None else max_num_patches
         max_aspect = max_aspect or 1 / min_aspect
         self.log_aspect = (math.log(min_aspect), math.log(max_aspect))
 
@@ -89,9 +103,13 @@ def stratified_masks(
     mask_probability: float,
     ratio_min_max: tuple[float, float],
     rng: np.random.Generator,
+    max_block_patches: int | None = None,
 ) -> Tensor:
-    """(n_images, grid_h * grid_w) bool masks: a stratified fraction masked, then shuffled."""
-    gen = BlockMaskGenerator(*grid)
+    """(n_images, grid_h * grid_w) bool masks: a stratified fraction masked, then shuffled.
+
+    ``max_block_patches``: ``block_mask_cap`` of the crop (None: that of a crop of whole patches).
+    """
+    gen = BlockMaskGenerator(*grid, max_num_patches=max_block_patches)
     n_tokens = grid[0] * grid[1]
     n_masked = int(n_images * mask_probability)
     probs = np.linspace(ratio_min_max[0], ratio_min_max[1], n_masked + 1)
@@ -265,6 +283,7 @@ class MultiCropCollate:
             mask_probability=self.mask_probability,
             ratio_min_max=self.ratio_min_max,
             rng=rng,
+            max_block_patches=block_mask_cap(glob.shape[-2], self.patch_size, glob.shape[-1]),
         )
         if self.world_size > 1:
             b, g = len(samples), len(samples) * self.world_size

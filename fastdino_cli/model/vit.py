@@ -89,7 +89,8 @@ class VisionTransformer(nn.Module):
         layerscale_init: LayerScale initial value, None for no LayerScale.
         drop_path_rate: uniform stochastic-depth rate of every block.
         efficient_drop_path: run dropped branches only on kept samples.
-        interpolate_antialias, interpolate_offset: position-embedding interpolation settings.
+        interpolate_antialias, interpolate_offset: position-embedding interpolation settings
+            (see ``interpolate_pos_embed``; the defaults are what timm computes).
         attention: attention backend request (``auto|sdpa|xformers|varlen``).
     """
 
@@ -108,8 +109,8 @@ class VisionTransformer(nn.Module):
         layerscale_init: float | None = 1e-5,
         drop_path_rate: float = 0.0,
         efficient_drop_path: bool = True,
-        interpolate_antialias: bool = False,
-        interpolate_offset: float = 0.1,
+        interpolate_antialias: bool = True,
+        interpolate_offset: float = 0.0,
         attention: str = "auto",
     ) -> None:
         super().__init__()
@@ -302,16 +303,21 @@ def interpolate_pos_embed(
     grid_hw: tuple[int, int],
     *,
     num_prefix_tokens: int = 1,
-    antialias: bool = False,
-    offset: float = 0.1,
+    antialias: bool = True,
+    offset: float = 0.0,
 ) -> Tensor:
     """Resample a square learnable position grid to ``grid_hw`` (rows, cols of patches).
 
     ``pos_embed`` is ``(1, P + M*M, D)`` with ``P`` prefix tokens (CLS) kept as they are.
     Matches DINOv2: returned unchanged when the grid already matches; otherwise bicubic in fp32
-    and cast back. With ``offset > 0`` (the legacy kludge of the non-register releases) the
-    target is given as ``scale_factor = (h + offset) / M, (w + offset) / M``; with 0 as an
-    explicit size.
+    and cast back. With ``offset > 0`` (the legacy kludge of the non-register releases and the
+    FastDINOv2 code, which use 0.1 without antialias) the target is given as
+    ``scale_factor = (h + offset) / M, (w + offset) / M``; with 0 as an explicit size.
+
+    The defaults (antialias, offset 0) are what DINOv2-with-registers, DINOv3 and timm's
+    ``resample_abs_pos_embed`` compute, so a model that uses them runs identically in timm at
+    every input size. Antialias matters when upsampling too: PyTorch's antialiased bicubic uses
+    the a = -0.5 kernel, the plain one a = -0.75.
     """
     gh, gw = grid_hw
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]

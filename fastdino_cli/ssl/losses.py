@@ -3,7 +3,9 @@
 Formulas (``CE(t, s) = -sum_k t_k * log_softmax(s / tau_s)_k``, batch-mean unless noted)::
 
     dino   = sum over (student view v, teacher global view j), v != j, of CE(T_j, S_v)
-             / (2 + 2 * n_local)             # = mean over all cross-view pairs
+             / (2 + max(2 * n_local, 1))     # = mean over all cross-view pairs when n_local > 0;
+             # the reference counts max(n_local * 2, 1) local terms, so without local crops
+             # the two global terms are divided by 3, not 2 (reproduced)
     ibot   = sum over masked tokens i of CE(T_i, S_i) / n_masked(image(i))  /  (2B)
              # mean over all 2B global crops of the per-image mean CE (unmasked crops add 0)
     koleo  = -mean_i log(||x_i - x_nn(i)|| + eps)   on L2-normalised features, fp32
@@ -141,7 +143,7 @@ class DinoClsLoss(_CenteredCrossEntropy):
     def forward(
         self, student_global: Tensor, student_local: Tensor | None, teacher_probs: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """(dino_global, dino_local) terms, already divided by ``2 + 2 * n_local``.
+        """(dino_global, dino_local) terms, already divided by ``2 + max(2 * n_local, 1)``.
 
         Args:
             student_global: (2B, K) logits, crop-major (all images' crop 1, then crop 2).
@@ -151,7 +153,7 @@ class DinoClsLoss(_CenteredCrossEntropy):
         t1, t2 = teacher_probs.chunk(2)
         s1, s2 = student_global.chunk(2)
         n_local = 0 if student_local is None else student_local.shape[0] // t1.shape[0]
-        denom = 2 + 2 * n_local
+        denom = 2 + max(2 * n_local, 1)  # DINOv2: global terms + max(local terms, 1)
         g = cross_entropy(t2, s1, self.student_temp).mean()
         g = g + cross_entropy(t1, s2, self.student_temp).mean()
         loc = student_global.new_zeros((), dtype=torch.float32)

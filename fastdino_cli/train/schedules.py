@@ -123,7 +123,10 @@ def layer_id(name: str, n_blocks: int) -> int:
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases, norms and LayerScale gammas get no weight decay (tokens do, as the reference)."""
+    """Biases, norms and LayerScale gammas get no weight decay (tokens do, as the reference).
+
+    The prototype scale ``last_layer.weight_g`` keeps weight decay: the reference's rule
+    (``.bias``, ``norm``, ``gamma`` in the name) does not match it. So does ``weight_v``."""
     return name.endswith(".bias") or "norm" in name or "gamma" in name or name.endswith(".ls")
 
 
@@ -134,7 +137,10 @@ def build_param_groups(
 
     ``model`` is the student (``backbone``, ``dino_head``, ``ibot_head``); the layer-wise decay
     ``layerwise_decay ** (n_blocks + 1 - layer_id)`` applies to backbone parameters, the heads
-    sit at layer ``n_blocks + 1`` (multiplier 1).
+    sit at layer ``n_blocks + 1`` (multiplier 1). Every parameter with ``last_layer`` in its
+    name (a head's prototype direction ``weight_v`` AND its trainable scale ``weight_g``) is in
+    an ``is_last_layer`` group: both stay frozen during ``optim.freeze_last_layer_epochs``, as
+    in the reference. A scale frozen at 1 (``norm_last_layer``) is not trainable, so in no group.
     """
     fused: dict[tuple[float, float, bool], dict] = {}
     for name, p in model.named_parameters():
@@ -146,7 +152,7 @@ def build_param_groups(
         if in_backbone and "patch_embed" in name:
             lr_mult *= optim.patch_embed_lr_mult
         wd_mult = 0.0 if no_weight_decay(name, p) else 1.0
-        last = "last_layer" in name
+        last = "last_layer" in name  # weight_v and weight_g alike
         key = (lr_mult, wd_mult, last)
         group = fused.setdefault(
             key,

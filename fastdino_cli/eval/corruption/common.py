@@ -117,9 +117,7 @@ def motion_kernel(radius: float, sigma: float, angle: float) -> np.ndarray:
     weights them with a one-sided Gaussian ``exp(-i^2 / (2 sigma^2))`` normalised to sum 1.
     Here the same samples are accumulated into a square kernel (coinciding offsets add up), so
     ``cv2.filter2D`` with edge replication (ImageMagick's default virtual pixels) gives the same
-    weighted sum. Remaining differences to the Wand call of the original: ImageMagick computes
-    in its 16-bit quantum and rounds once when writing the 8-bit PNG; we compute in float64
-    from the 8-bit input and round once, so results can differ by one grey level.
+    weighted sum; :func:`apply_motion_blur` then rounds it the way ImageMagick Q16 does.
     """
     width = int(2 * np.ceil(radius) + 1)
     i = np.arange(width, dtype=np.float64)
@@ -136,14 +134,22 @@ def motion_kernel(radius: float, sigma: float, angle: float) -> np.ndarray:
 
 
 def apply_motion_blur(x_u8: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
-    """Motion-blur a uint8 image (HxW or HxWxC) and round back to uint8, like ImageMagick."""
+    """Motion-blur a uint8 image (HxW or HxWxC) and store it as ImageMagick Q16 + PNG do.
+
+    The original's Wand call reads the 8-bit PNG into 16-bit quanta (``v * 257``), rounds the
+    weighted sum to the nearest quantum, and writes the 8-bit PNG by truncating ``q / 257``:
+    so ``floor(rint(257 * f) / 257)``, which is ``floor(f)`` except within ``0.5 / 257`` below
+    an integer (a flat region stays flat). ``rint(f)`` put 49% of the values one grey level
+    higher. Checked bit-exact against ImageMagick 6.9.11-60 Q16 (``tests/fixtures``).
+    """
     import cv2
 
     kernel = motion_kernel(radius, sigma, angle)
     out = cv2.filter2D(
         x_u8.astype(np.float64), -1, kernel, borderType=cv2.BORDER_REPLICATE, delta=0.0
     )
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    quanta = np.clip(np.rint(out * 257.0), 0, 65535).astype(np.int64)
+    return (quanta // 257).astype(np.uint8)
 
 
 def plasma_fractal(rng: np.random.Generator, mapsize: int = 256, wibbledecay: float = 3.0):
