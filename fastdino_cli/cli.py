@@ -15,6 +15,7 @@ import typer
 
 from fastdino_cli.commands import checkpoint as checkpoint_cmd
 from fastdino_cli.commands import corrupt_eval as corrupt_eval_cmd
+from fastdino_cli.commands import curate as curate_cmd
 from fastdino_cli.commands import data as data_cmd
 from fastdino_cli.commands import demo as demo_cmd
 from fastdino_cli.commands import fourier as fourier_cmd
@@ -54,6 +55,7 @@ corrupt_eval_cmd.register(app)
 fourier_cmd.register(app)
 gradcam_cmd.register(app)
 report_cmd.register(app)
+curate_cmd.register(app)
 demo_cmd.register(app)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(checkpoint_cmd.app, name="checkpoint")

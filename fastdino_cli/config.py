@@ -78,7 +78,8 @@ class DataConfig(Section):
     """Where the pretraining images come from and how they are loaded."""
 
     train: str | None = None
-    """Folder of training images (any tree; labels are not needed). Required by ``pretrain``."""
+    """Folder of training images (any tree; labels are not needed), or a ``.txt`` list of image
+    paths (one per line, e.g. from ``fastdino curate``). Required by ``pretrain``."""
     num_workers: int = Field(2, ge=0)
     """Data-loader worker processes per GPU."""
     fast_decode: bool = True

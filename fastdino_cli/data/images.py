@@ -53,12 +53,17 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def resolve_root(value: str | Path, split: str = "train") -> Path:
-    """A dataset folder from the config (``demo`` = the embedded demo data), checked to exist."""
+    """A dataset folder (or ``.txt`` image list) from the config (``demo`` = the embedded demo
+    data), checked to exist."""
     root = resolve_data_root(str(value), split)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; set data.train=DIR to an image folder")
+    if root.is_file() and is_image_list(root):
+        return root
     if not root.is_dir():
-        raise DataError(f"data path {root} is not a folder; point it at a folder of images")
+        raise DataError(
+            f"data path {root} is not a folder; point it at a folder of images or a .txt list"
+        )
     return root
 
 
@@ -70,9 +75,47 @@ def walk_error(e: OSError) -> None:
     )
 
 
+LIST_SUFFIX = ".txt"
+"""A file with this suffix in place of a folder is a list of images (``fastdino curate`` writes
+one): one path per line, relative paths resolved against the list's folder, blank lines and lines
+starting with ``#`` skipped, order kept."""
+
+
+def is_image_list(path: str | Path) -> bool:
+    return str(path).lower().endswith(LIST_SUFFIX)
+
+
+def read_image_list(path: str | Path) -> list[Path]:
+    """The images a ``.txt`` list names; a missing file is a ``DataError`` naming the first few."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the image list {path}: {e}") from None
+    out = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            p = Path(entry).expanduser()
+            out.append(p if p.is_absolute() else path.parent / p)
+    if not out:
+        raise DataError(f"the image list {path} names no images (one path per line)")
+    missing = [p for p in out if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(
+            f"{len(missing)} of the {len(out)} files listed in {path} do not exist ({shown}); "
+            "fix or regenerate the list"
+        )
+    return out
+
+
 def scan_images(root: str | Path) -> list[Path]:
-    """Every image file under ``root`` (any depth, hidden folders skipped), sorted."""
+    """Every image file under ``root`` (any depth, hidden folders skipped), sorted; for a ``.txt``
+    list, the files it names in its order (``read_image_list``)."""
     root = Path(root)
+    if root.is_file() and is_image_list(root):
+        return read_image_list(root)
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=walk_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
