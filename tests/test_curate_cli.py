@@ -179,11 +179,10 @@ def test_without_faiss_the_exact_fallback_gives_the_same_curation(
 
 def test_an_imported_dinov2_checkpoint_is_accepted(demo_data, tmp_path, capsys, monkeypatch):
     import torch
+    from test_interop import TINY, hub_state
 
     from fastdino_cli.interop import import_checkpoint
     from fastdino_cli.model.vit import ARCHS
-
-    from test_interop import TINY, hub_state
 
     monkeypatch.setitem(ARCHS, "vit_tiny", dict(TINY))
 

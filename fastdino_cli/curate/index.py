@@ -86,11 +86,15 @@ Kernel = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def torch_kernel(device: torch.device) -> Kernel:
-    """Exact top-k of ``q @ xb.T`` with PyTorch on ``device``."""
+    """Exact top-k of ``q @ xb.T`` with PyTorch on ``device`` (the last bank block stays there, so
+    a bank held in memory is copied to the GPU once, not once per query chunk)."""
+    last: list = [None, None]
 
     def kernel(q: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         qt = torch.from_numpy(q).to(device)
-        bt = torch.from_numpy(xb).to(device)
+        if last[0] is not xb:
+            last[0], last[1] = xb, torch.from_numpy(xb).to(device)
+        bt = last[1]
         chunk = max(1024, BLOCK_ELEMENTS // max(1, len(q)))
         s, i = topk_neighbours(qt, bt, min(k, len(xb)), bank_chunk=chunk)
         return s.float().cpu().numpy(), i.cpu().numpy().astype(np.int64)
@@ -157,7 +161,7 @@ class IvfPqParams:
         nlist = max(1, 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))
         nlist = min(nlist, max(1, n // 39))  # Faiss wants >= 39 training points per list
         m = next(d for d in range(max(1, dim // PQ_SUBDIM), 0, -1) if dim % d == 0)
-        train = min(n, max(64 * nlist, 20_000), 500_000)
+        train = min(n, max(40 * nlist, 20_000), 500_000)
         return cls(nlist=nlist, m=m, nprobe=min(nlist, 32), train_size=train)
 
 
