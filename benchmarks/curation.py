@@ -226,7 +226,14 @@ def dedup_quality(out: Path, truth: dict, dedup_t: float, ref_t: float) -> dict:
         and any(within.component[a] == within.component[b] for a, b in pairs if r in (a, b))
         for r in removed
     )
+    hows = [v["how"] for p, v in truth.items() if _dup_kind(v) == "pool"]
+    per_how = {
+        h: round(float(np.mean([within.component[a] == within.component[b]
+                                for (a, b), w in zip(pairs, hows, strict=True) if w == h])), 4)
+        for h in TRANSFORMS
+    }  # fmt: skip
     out_d = {
+        "pool_recall_per_transform": per_how,
         "pool_pairs": len(pairs),
         "pool_recall": round(found / max(1, len(pairs)), 4),
         "pool_removed": int(len(removed)),

@@ -165,7 +165,7 @@ def test_without_faiss_the_exact_fallback_gives_the_same_curation(
     assert a["duplicates"] == b["duplicates"] and a["retrieved"] == b["retrieved"]
     listed = (tmp_path / "faiss" / "curated.txt").read_text()
     assert listed == (tmp_path / "torch" / "curated.txt").read_text()
-    code, _, err = run(scenario_args(root, ckpt, tmp_path / "torch"), capsys)  # + clusters
+    code, _, err = run(scenario_args(root, ckpt, tmp_path / "torch", "--method", "both"), capsys)
     assert code == 0, err
     both = json.loads((tmp_path / "torch" / "summary.json").read_text())
     kept = both["kept_after_dedup"]

@@ -17,7 +17,7 @@ from fastdino_cli.curate.settings import CurateSettings
 from fastdino_cli.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures(single_threaded.__name__)
-SETTINGS = CurateSettings(shard_size=4, figures=False)
+SETTINGS = CurateSettings(shard_size=4, figures=False, method="both")
 
 
 class Killed(BaseException):
@@ -170,7 +170,9 @@ def test_a_finished_curation_is_reused_and_new_settings_rerun_only_later_stages(
     assert calls == [] and [w for w in written if w.split("/")[0] in stage_dirs] == []
     same_result(again, first)
     written.clear()
-    strict = run(root, ckpt, tmp_path, CurateSettings(shard_size=4, figures=False, k=1))
+    strict = run(
+        root, ckpt, tmp_path, CurateSettings(shard_size=4, figures=False, k=1, method="both")
+    )
     assert calls == [] and in_folder(written, "neighbours") == in_folder(written, "dedup") == []
     assert "selected.npz" in in_folder(written, "retrieve")
     assert strict.summary["retrieved"]["k"] == 1
