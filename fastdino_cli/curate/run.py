@@ -108,7 +108,11 @@ def _check_embed_params(out: Path, params: dict[str, Any]) -> None:
         return
     if found != store.plain(params):
         what = [k for k in params if found.get(k) != store.plain(params)[k]]
-        names = {"model": "checkpoint weights", "recipe": "image transform", "shard_size": "shard"}
+        names = {
+            "model": "checkpoint weights",
+            "recipe": "image transform",
+            "shard_size": "--shard-size",
+        }
         raise ConfigError(
             f"{out} holds embeddings made with other {', '.join(names[w] for w in what)}; use a "
             f"new --out, or delete {out / 'embed'} to embed again"
