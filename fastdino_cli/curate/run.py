@@ -170,10 +170,8 @@ def _dedup_stage(out, banks, base, nb: Stage, s: CurateSettings, dev, log: Log) 
         if name not in banks:
             continue
         searcher = build_searcher(banks[name], index="auto", device=dev, log=log)
-        match = nearest_reference(pool, searcher, keep)
-        # similarity to the nearest reference of every pool row, for the histogram
-        full = nearest_reference(pool, searcher, None)
-        dup = keep & (match.sims >= s.ref_threshold)
+        full = nearest_reference(pool, searcher)  # every row: the histogram shows them all
+        dup = keep & (full.sims >= s.ref_threshold)
         keep &= ~dup
         arrays[f"{name}_sim"], arrays[f"{name}_id"] = full.sims, full.ids
         arrays[f"{name}_dup"] = dup
