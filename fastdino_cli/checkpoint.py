@@ -22,17 +22,14 @@ classes. Top-level keys:
     probe            optional linear head(s), class names, feature recipe, clean accuracy
     metrics          optional last logged metrics
 
-Writes are atomic: a temporary file in the same folder, fsync, then ``os.replace``; a crash never
-leaves a half-written checkpoint behind and never destroys the previous one.
+Writes go through ``fileio.atomic_write`` (temporary file in the same folder, fsync, rename): a
+crash never leaves a half-written checkpoint behind and never destroys the previous one.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import signal
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +40,7 @@ import torch
 from torch import nn
 
 from fastdino_cli.errors import CheckpointError
+from fastdino_cli.fileio import atomic_write
 
 FORMAT = "fastdino"
 VERSION = 1
@@ -79,7 +77,7 @@ def make_checkpoint(
 
 
 def save(ckpt: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+    """Write ``ckpt`` to ``path`` through the one atomic writer (``fileio.atomic_write``).
 
     Raises ``CheckpointError`` (leaving any previous file at ``path`` intact) when the write
     fails, e.g. on a full disk or an unwritable folder.
@@ -88,78 +86,12 @@ def save(ckpt: Mapping[str, Any], path: str | Path) -> Path:
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"refusing to save {path}: not a fastdino checkpoint dict")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return atomic_write(path, lambda f: torch.save(dict(ckpt), f))
     except OSError as e:
         raise CheckpointError(
-            f"cannot write checkpoint {path}: {e.strerror or e}; make {path.parent} writable "
-            "or choose another output"
+            f"cannot write checkpoint {path}: {e.strerror or e}; the previous file is intact: "
+            f"free space or make {path.parent} writable, then run the same command again"
         ) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(ckpt), f)
-            f.flush()
-            _maybe_die_for_tests(f)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        cause = _os_error_in(e)
-        if cause is not None:
-            raise CheckpointError(
-                f"cannot write checkpoint {path}: {cause.strerror or cause}; the previous file is "
-                "intact: free space or fix permissions, then run the same command again"
-            ) from e
-        raise
-    return path
-
-
-def _os_error_in(e: BaseException) -> OSError | None:
-    """The OSError behind ``e``: torch's zip writer turns a full disk into a RuntimeError."""
-    seen = 0
-    while e is not None and seen < 5:
-        if isinstance(e, OSError):
-            return e
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
-
-_saves_in_process = 0
-
-
-def _maybe_die_for_tests(f) -> None:
-    """Fault injection for ``tests/test_crash_consistency.py``, inert unless the variable is set.
-
-    ``FASTDINO_TEST_KILL_IN_SAVE=N`` SIGKILLs this process during its N-th ``save``, after the
-    temp file is half written and before the rename: exactly what a crash mid-write leaves.
-    """
-    global _saves_in_process
-    target = os.environ.get("FASTDINO_TEST_KILL_IN_SAVE")
-    if not target:
-        return
-    _saves_in_process += 1
-    if _saves_in_process == int(target):
-        f.truncate(max(1, f.tell() // 2))
-        f.flush()
-        os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

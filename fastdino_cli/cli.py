@@ -26,6 +26,7 @@ from fastdino_cli.commands import pretrain as pretrain_cmd
 from fastdino_cli.commands import probe as probe_cmd
 from fastdino_cli.commands import report as report_cmd
 from fastdino_cli.errors import FastdinoError
+from fastdino_cli.fileio import describe_write_error
 
 app = typer.Typer(
     name="fastdino",
@@ -87,12 +88,25 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("fastdino: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        if _state["debug"]:
+    except (OSError, RuntimeError) as e:
+        line = _os_error_line(e)
+        if line is None or _state["debug"]:
             raise
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"fastdino: error:{where}: {e.strerror or e}", file=sys.stderr)
+        print(f"fastdino: error: {line}", file=sys.stderr)
         sys.exit(2)
+
+
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _os_error_line(e: BaseException) -> str | None:
+    """One line for an error of the storage (disk full, quota, read-only filesystem: also when
+    torch wraps it in a RuntimeError) or of a path (missing, unreadable); None for a bug."""
+    line = describe_write_error(e)
+    if line is not None or not isinstance(e, _PATH_ERRORS):
+        return line
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    return f"{where}{e.strerror or e}"
 
 
 if __name__ == "__main__":

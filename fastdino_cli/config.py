@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +26,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fastdino_cli.errors import ConfigError
 
+MAX_ITERATIONS = 10**12
+"""Longest run accepted (far beyond any real one): larger products of ``optim.epochs`` and
+``train.epoch_length`` overflow the integer step counts downstream."""
 ARCH_NAMES = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, defaults are validated."""
+    """Base for every config section: unknown keys are errors, defaults are validated, and no
+    float anywhere (fields, tuples, stages) may be inf or nan (``allow_inf_nan``): ``.inf`` is
+    valid YAML and passes every ``gt=0`` bound, then trains to NaN weights or overflows."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -297,6 +303,13 @@ class Config(Section):
         are not multiples of the patch (the border is dropped, as DINOv2's 96 px local crops with
         patch 14 do); invalid are sizes below one patch and ranges that are swapped or out of
         bounds."""
+        total = self.optim.epochs * self.train.epoch_length
+        if not total <= MAX_ITERATIONS:  # finite values can still overflow the product
+            raise ValueError(
+                f"optim.epochs={self.optim.epochs:g} x train.epoch_length="
+                f"{self.train.epoch_length} = {total:.3g} iterations; a run has at most "
+                f"{MAX_ITERATIONS:.0e}: lower optim.epochs"
+            )
         p = self.model.patch_size
         sizes = {
             "model.img_size": self.model.img_size,
@@ -521,6 +534,40 @@ def _describe_validation_error(e: ValidationError, data: dict[str, Any]) -> str:
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"invalid value for {dotted}: {msg}{shown}"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+PATH_KEYS = ("data.train", "train.output_dir")
+"""Every config key that holds a filesystem path."""
+DEMO_DATA_ALIAS = "demo"
+"""``data.train: demo``: a keyword (the embedded demo data), not a path."""
+
+
+def absolute_path(value: str, base: str | Path) -> str:
+    """``value`` (``~`` expanded) made absolute against ``base``, normalised, links kept."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """``cfg`` with every path key (``PATH_KEYS``) absolute, against ``base`` (default: the
+    current directory).
+
+    A run stores its resolved config in ``config.yaml``; a relative path there would mean
+    something else when the run is resumed from another directory (other data, or a refusal
+    because ``demo_out/data/train`` is not spelled ``/home/me/demo_out/data/train``). Runs
+    therefore resolve their paths when they start and store them absolute.
+    """
+    base = Path.cwd() if base is None else base
+    data = cfg.to_dict()
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = data[section][name]
+        if isinstance(value, str) and value and value != DEMO_DATA_ALIAS:
+            data[section][name] = absolute_path(value, base)
+    return validate_config(data)
 
 
 # --------------------------------------------------------------------------------------------

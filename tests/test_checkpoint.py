@@ -129,3 +129,13 @@ def test_inspect(tmp_path):
     assert info.step == 12 and info.stage == 1 and info.preset == "demo"
     assert info.entries["train_state"] and not info.entries["student"]
     assert info.num_params["teacher"] == 4
+
+
+def test_checkpoints_are_readable_by_the_team(tmp_path):
+    """Issue 17: not mkstemp's 0600, the mode ``open`` gives (0666 minus the umask)."""
+    import stat
+
+    from fastdino_cli.fileio import process_umask
+
+    p = ckpt_mod.save(_ckpt(1.0), tmp_path / "a.pt")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~process_umask()

@@ -5,10 +5,16 @@ files, bad checkpoints (wrong kind, newer version, truncated, malicious pickle),
 typos, out-of-range values, an ImageNet-C root with missing severities and a probe head whose
 classes are not those of the evaluation data. Images that are merely unusual (CMYK, grayscale,
 16-bit, palette with transparency, 6000x4000) must be HANDLED by every loader, not rejected.
+
+Issue 17: non-finite config values and diverging weights; a second table of commands that must
+refuse without changing one byte of what the user owns (their own train/val folders, a finished
+run whose checkpoint.pt was deleted), a re-run on a full disk that keeps the good results, and a
+symlink loop in a data folder that every scanner reads once.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import warnings
@@ -28,6 +34,8 @@ from fastdino_cli.errors import FastdinoError
 from fastdino_cli.eval.classifier import make_probe_entry
 from fastdino_cli.eval.features import FeatureRecipe
 from fastdino_cli.model.vit import build_vit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MARKER = "fastdino_pwned_marker"
 
@@ -147,6 +155,15 @@ def w(tmp_path_factory, demo_data) -> World:
 def _pretrain(w: World, data, *extra: str) -> list[str]:
     out = w.tmp / "runs" / f"r{abs(hash((str(data), extra))) % 10**8}"
     return ["pretrain", "--preset", "demo", "--out", str(out), f"data.train={data}", *extra]
+
+
+TINY_RUN = (
+    "train.batch_size_per_gpu=5",
+    "data.num_workers=0",
+    "crops.local_crops_number=1",
+    "model.depth=1",
+)
+"""Overrides that make a demo-preset pretrain take a second or two."""
 
 
 # (id, argv builder, substrings the one line must contain)
@@ -477,6 +494,37 @@ CASES: list[tuple[str, Callable[[World], list[str]], Callable[[World], list[str]
         lambda w: ["gradcam", str(w.ckpt), "--images", str(w.tmp / "nope.png")],
         lambda w: [str(w.tmp / "nope.png")],
     ),
+    # non-finite numbers (issue 17): every float key, and a run length that overflows
+    (
+        "lr-inf",
+        lambda w: ["presets", "show", "demo", "optim.base_lr=.inf"],
+        lambda w: ["optim.base_lr", "finite", "inf"],
+    ),
+    (
+        "epochs-inf",
+        lambda w: ["presets", "show", "demo", "optim.epochs=.inf"],
+        lambda w: ["optim.epochs", "finite", "inf"],
+    ),
+    (
+        "nan-inside-a-range",
+        lambda w: ["presets", "show", "demo", "crops.global_crops_scale=[0.3, .nan]"],
+        lambda w: ["crops.global_crops_scale.1", "nan"],
+    ),
+    (
+        "epochs-overflow",
+        lambda w: ["presets", "show", "demo", "optim.epochs=1e306"],
+        lambda w: ["optim.epochs=1e+306", "lower optim.epochs"],
+    ),
+    (
+        "pretrain-lr-that-makes-the-weights-infinite",
+        lambda w: _pretrain(w, w.train, *TINY_RUN, "optim.base_lr=1e30", "train.max_steps=3"),
+        lambda w: ["made the weights non-finite", "lower optim.base_lr"],
+    ),
+    (
+        "data-demo-onto-a-file",
+        lambda w: ["data", "demo", str(w.tmp / "afile.png")],
+        lambda w: [str(w.tmp / "afile.png"), "is a file"],
+    ),
 ]
 
 
@@ -528,6 +576,250 @@ def test_unreadable_dataset_folder(w, capsys, monkeypatch, command):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert str(locked / "b") in err and "Permission denied" in err, err
+
+
+def test_a_diverging_run_writes_no_checkpoint_of_nan_weights(w, capsys):
+    """optim.base_lr=1e30: the first update makes the weights infinite; the run stops there
+    instead of skipping every later step and finishing with a NaN final.pt."""
+    args = _pretrain(w, w.train, *TINY_RUN, "optim.base_lr=1e30", "train.max_steps=3")
+    run = Path(args[args.index("--out") + 1])
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "made the weights non-finite" in capsys.readouterr().err
+    assert not (run / "final.pt").exists() and not (run / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# nothing the user owns is lost (issue 17): a one-line refusal, and every file under the
+# protected folder has the same bytes afterwards
+# --------------------------------------------------------------------------------------------
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(w) -> tuple[Path, list[str]]:
+    """A run as the CLI leaves it (final.pt, checkpoint.pt, checkpoints/, metrics.jsonl) and the
+    command that made it."""
+    args = _pretrain(w, w.train, *TINY_RUN, "train.max_steps=2", "train.checkpoint_period=1")
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code in (0, None)
+    return Path(args[args.index("--out") + 1]), args
+
+
+def _run_copy(finished_run, name: str, remove: tuple[str, ...]) -> tuple[Path, list[str]]:
+    src, args = finished_run
+    run = src.parent / name
+    shutil.copytree(src, run)
+    for rel in remove:
+        target = run / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    args = list(args)
+    args[args.index("--out") + 1] = str(run)
+    return run, args
+
+
+def _user_folders(root: Path, *subdirs: str) -> Path:
+    for sub in subdirs:
+        _png(root / sub / "mine" / "holiday.png", color=(1, 2, 3))
+    (root / "notes.txt").write_text("my own notes\n")
+    return root
+
+
+def _demo_data_over_user_folders(w, finished_run):
+    root = _user_folders(w.tmp / "user_data", "train", "val")
+    return ["data", "demo", str(root), "--size", "16"], root, [
+        str(root), "not built by fastdino", ".fastdino-demo-data", "nothing was changed"
+    ]  # fmt: skip
+
+
+def _demo_over_user_data(w, finished_run):
+    root = _user_folders(w.tmp / "user_demo_out" / "data", "train")
+    return ["demo", "--out", str(root.parent)], root.parent, [str(root), "not built by fastdino"]
+
+
+def _finished_run_without_checkpoint(w, finished_run):
+    run, args = _run_copy(finished_run, "no_checkpoint", ("checkpoint.pt",))
+    return args, run, [str(run), "finished run", "no checkpoint.pt", "choose another --out"]
+
+
+def _run_with_only_periodic_copies(w, finished_run):
+    run, args = _run_copy(finished_run, "only_copies", ("checkpoint.pt", "final.pt"))
+    copy = run / "checkpoints" / "step_00000002.pt"
+    return args, run, [f"copy {copy} to {run / 'checkpoint.pt'} to resume from step 2"]
+
+
+def _run_with_only_its_log(w, finished_run):
+    run, args = _run_copy(finished_run, "only_log", ("checkpoint.pt", "final.pt", "checkpoints"))
+    return args, run, [str(run), "metrics.jsonl up to step 1", "choose another --out"]
+
+
+DATA_LOSS_CASES = [
+    ("data-demo-over-the-users-train-and-val", _demo_data_over_user_folders),
+    ("demo-over-the-users-data-folder", _demo_over_user_data),
+    ("pretrain-over-a-finished-run-whose-checkpoint-was-deleted", _finished_run_without_checkpoint),
+    ("pretrain-over-a-run-with-only-periodic-copies", _run_with_only_periodic_copies),
+    ("pretrain-over-a-run-with-only-its-metrics", _run_with_only_its_log),
+]
+
+
+@pytest.mark.parametrize(
+    "case", [c[1] for c in DATA_LOSS_CASES], ids=[c[0] for c in DATA_LOSS_CASES]
+)
+def test_nothing_the_user_owns_is_changed(w, finished_run, capsys, case):
+    args, protected, culprits = case(w, finished_run)
+    before = tree_hashes(protected)
+    assert before
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastdino: error: "), err
+    for culprit in culprits:
+        assert culprit in lines[0], (culprit, lines[0])
+    assert tree_hashes(protected) == before
+
+
+def _full_disk_under(monkeypatch, folder: Path) -> None:
+    """Every file written under ``folder`` from now on hits ENOSPC at its first write."""
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __iter__(self):
+            return iter(self.f)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fdopen(fd, mode="r", *a, **k):
+        f = real_fdopen(fd, mode, *a, **k)
+        if "w" in mode and os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)):
+            return Full(f)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("command", ["corrupt-eval", "gradcam"])
+def test_a_rerun_on_a_full_disk_keeps_the_good_results(w, capsys, monkeypatch, command):
+    """Outputs are written through the one atomic writer: a full disk leaves the previous
+    results.json / CSV / figures exactly as they were (no 0-byte or truncated file, no temp
+    file) and says so in one line."""
+    out = w.tmp / f"full_{command}"
+    args = {
+        "corrupt-eval": [
+            "corrupt-eval", str(w.ckpt), "--val", str(w.val), "--corruptions", "gaussian_noise",
+            "--severities", "1", "--workers", "0", "--out", str(out),
+        ],
+        "gradcam": [
+            "gradcam", str(w.ckpt), "--data", str(w.val), "--per-class", "1", "--out", str(out),
+        ],
+    }[command]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code in (0, None), capsys.readouterr().err
+    capsys.readouterr()
+    before = tree_hashes(out)
+    assert len(before) >= 3
+    _full_disk_under(monkeypatch, out)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"fastdino: error: disk full writing {out}"), err
+    assert "No space left on device" in err and "previous file, if any, is intact" in err
+    assert tree_hashes(out) == before
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------------------------
+# a symlink loop in a data folder (issue 17): each real directory is read once
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def looped(w) -> tuple[Path, dict[str, int]]:
+    """The demo train split with a link back to its root inside one class, a link to a folder
+    outside (not a cycle: followed) and a linked file; -> (root, images per class)."""
+    root = w.tmp / "looped"
+    shutil.copytree(w.train, root, symlinks=True)
+    first, second = sorted(p.name for p in root.iterdir())[:2]
+    (root / first / "loop").symlink_to("..")  # train/<first>/loop -> train/
+    (root / first / "deeper").mkdir()
+    (root / first / "deeper" / "again").symlink_to("../..")  # a longer cycle
+    outside = w.tmp / "outside_images"
+    _png(outside / "extra1.png")
+    _png(outside / "extra2.png")
+    (root / second / "more").symlink_to(outside)
+    (root / second / "linked.png").symlink_to(outside / "extra1.png")
+    counts = {p.name: len(list(p.glob("*.png"))) for p in root.iterdir()}
+    counts[second] += 2  # more/extra1.png, more/extra2.png (linked.png is already counted)
+    return root, counts
+
+
+def test_every_scanner_visits_each_real_directory_once(looped):
+    from fastdino_cli.data.images import scan_images, scan_labelled
+    from fastdino_cli.eval.corruption.data import list_labelled_images
+    from fastdino_cli.eval.gradcam.inputs import labelled_classes, list_images
+    from fastdino_cli.eval.labelled import scan_labelled_folder
+
+    root, counts = looped
+    total = sum(counts.values())
+    classes = sorted(counts)
+    assert len(scan_images(root)) == total
+    assert len(list_images([root])) == total
+    for scan in (scan_labelled, scan_labelled_folder):
+        found = scan(root)
+        files = getattr(found, "files", None) or found.paths
+        assert len(files) == total and found.class_names == classes
+        per_class = [found.labels.count(i) for i in range(len(classes))]
+        assert per_class == [counts[c] for c in classes]
+        for f, label in zip(files, found.labels, strict=True):  # the label of its own folder
+            assert Path(f).relative_to(root).parts[0] == classes[label]
+    assert {k: len(v) for k, v in labelled_classes(root).items()} == counts
+    flat = list_labelled_images(root)  # one level, as the released ImageNet-C folders
+    assert len(flat) == sum(len(list((root / c).glob("*.png"))) for c in classes)
+
+
+def test_pretraining_on_a_looped_folder_counts_each_image_once(w, looped, capsys, monkeypatch):
+    from fastdino_cli.train import loop
+
+    root, counts = looped
+    seen = {}
+    real = loop.scan_images
+
+    def recording(path):
+        seen["files"] = real(path)
+        return seen["files"]
+
+    monkeypatch.setattr(loop, "scan_images", recording)
+    with pytest.raises(SystemExit) as e:
+        main(_pretrain(w, root, *TINY_RUN, "train.max_steps=1"))
+    assert e.value.code in (0, None), capsys.readouterr().err
+    assert len(seen["files"]) == sum(counts.values())
 
 
 def test_pretraining_accepts_unusual_images(w, odd_images, capsys):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -120,3 +122,69 @@ def test_yaml_output_is_plain():
     data = yaml.safe_load(text)
     assert data["preset"] == "vitb16-in1k"
     assert data["crops"]["global_crops_scale"] == [0.32, 1.0]
+
+
+def _float_keys(model, prefix=""):
+    """Every float-valued leaf of the schema (floats inside tuples too), as dotted keys."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():
+        inner = field.annotation
+        if typing.get_origin(inner) in (typing.Union, types.UnionType):  # X | None
+            inner = next(a for a in typing.get_args(inner) if a is not type(None))
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            out += _float_keys(inner, f"{prefix}{name}.")
+        elif inner is float:
+            out.append(f"{prefix}{name}")
+        elif typing.get_origin(inner) is tuple and float in typing.get_args(inner):
+            out.append(f"{prefix}{name}.0")
+    return out
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan", "1e400"])
+def test_no_float_anywhere_accepts_inf_or_nan(value):
+    """One rule on the base section (pydantic ``allow_inf_nan=False``) covers every field."""
+    keys = _float_keys(Config)
+    assert {"optim.base_lr", "optim.epochs", "crops.global_crops_scale.0"} <= set(keys)
+    assert len(keys) > 40
+    for key in keys:
+        if key.endswith(".0"):  # a tuple: replace one element
+            base = key[:-2]
+            section, name = base.split(".")
+            current = list(getattr(getattr(Config(), section), name))
+            override = f"{base}=[{value}, {', '.join(map(str, current[1:]))}]"
+        else:
+            override = f"{key}={value}"
+        with pytest.raises(ConfigError) as e:
+            resolve_config("demo", overrides=[override])
+        message = str(e.value)
+        assert key in message and "finite" in message, (override, message)
+
+
+def test_stage_floats_are_checked_too():
+    with pytest.raises(ConfigError, match=r"curriculum\.stages\.1\.warmup_epochs.*finite"):
+        resolve_config("demo", overrides=["curriculum.stages.1.warmup_epochs=.inf"])
+
+
+def test_a_run_length_that_overflows_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"optim\.epochs=1e\+306.*lower optim\.epochs"):
+        resolve_config("demo", overrides=["optim.epochs=1e306"])
+
+
+def test_paths_become_absolute_and_the_demo_keyword_stays(tmp_path, monkeypatch):
+    from fastdino_cli.config import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config("demo", overrides=["data.train=data/../data/train", "train.output_dir=r"])
+    absolute = with_absolute_paths(cfg)
+    assert absolute.data.train == str(tmp_path / "data" / "train")
+    assert absolute.train.output_dir == str(tmp_path / "r")
+    keyword = with_absolute_paths(resolve_config("demo", overrides=["data.train=demo"]))
+    assert keyword.data.train == "demo"
+    home = with_absolute_paths(resolve_config("demo", overrides=["data.train=~/x"]))
+    assert home.data.train == str(Path.home() / "x")
+    assert with_absolute_paths(absolute) == absolute

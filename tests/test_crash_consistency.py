@@ -1,13 +1,14 @@
 """Crash consistency of ``fastdino pretrain`` (issue 12): nothing a user owns is lost.
 
-- SIGKILL at seeded random moments, once inside a checkpoint write (the
-  ``FASTDINO_TEST_KILL_IN_SAVE`` hook in ``checkpoint.save``), resuming each time: the final
-  teacher equals an uninterrupted run's bit for bit (CPU).
+- SIGKILL at seeded random moments, once inside a checkpoint write (``tests/_kill_in_save.py``
+  wraps the CLI and kills the process half-way through its N-th save), resuming each time: the
+  final teacher equals an uninterrupted run's bit for bit (CPU).
 - SIGTERM to the whole process group (as Slurm / Kubernetes send it, data-loader workers
   included): a clean checkpoint at the step in progress, exit 0, same final weights; meanwhile a
   second ``pretrain`` on the run directory refuses with one line.
 - Run-directory lock: refuses a live owner, takes over a dead one, a recycled PID and a foreign
-  host's lock whose heartbeat stopped.
+  host's lock whose heartbeat stopped; two processes racing for a stale lock: exactly one wins;
+  a killed trainer's forked worker does not keep the lock; a full disk while writing it.
 - Disk full (injected ENOSPC; a real tiny tmpfs where ``mount`` works) and a read-only run
   directory: one-line error, exit 2, the previous checkpoint intact, no temp files left.
 """
@@ -90,8 +91,27 @@ def reference(tmp_path_factory, demo_data):
     return ckpt_io.load(out / "final.pt")["teacher"]
 
 
-def spawn(cfg_path: Path, log: Path, *extra: str, env: dict | None = None, group: bool = False):
-    cmd = [sys.executable, "-m", "fastdino_cli", "pretrain", "--config", str(cfg_path), *extra]
+def spawn(
+    cfg_path: Path,
+    log: Path,
+    *extra: str,
+    env: dict | None = None,
+    group: bool = False,
+    kill_in_save: int | None = None,
+    pause_at: int | None = None,
+):
+    """``fastdino pretrain --config CFG`` in a child process. With ``kill_in_save`` it is
+    SIGKILLed during its ``kill_in_save``-th checkpoint save (``tests/_kill_in_save.py``). With
+    ``pause_at`` it runs through ``tests/_pausing_pretrain.py``: once ``pause_at`` steps are
+    logged it writes ``gate(log)/paused`` and waits for a signal, so that it can never run past
+    that step before the test has acted, however fast the machine is."""
+    if kill_in_save is not None:
+        cli = [str(ROOT / "tests" / "_kill_in_save.py"), str(kill_in_save)]
+    elif pause_at is not None:
+        cli = [str(ROOT / "tests" / "_pausing_pretrain.py"), str(pause_at), str(gate(log))]
+    else:
+        cli = ["-m", "fastdino_cli"]
+    cmd = [sys.executable, *cli, "pretrain", "--config", str(cfg_path), *extra]
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -100,6 +120,11 @@ def spawn(cfg_path: Path, log: Path, *extra: str, env: dict | None = None, group
         stderr=subprocess.STDOUT,
         start_new_session=group,
     )
+
+
+def gate(log: Path) -> Path:
+    """Where a pausing child (``spawn(pause_at=...)``) and its test meet."""
+    return log.with_suffix(".gate")
 
 
 def logged(out: Path) -> int:
@@ -142,17 +167,18 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path, de
         start = saved_step(out)
         log = tmp_path / f"kill{attempt}.log"
         if attempt == 1:  # die inside the 2nd checkpoint write, temp file half written
-            proc = spawn(tmp_path / "cfg.yaml", log, env={"FASTDINO_TEST_KILL_IN_SAVE": "2"})
+            proc = spawn(tmp_path / "cfg.yaml", log, kill_in_save=2)
             assert proc.wait(timeout=600) == -signal.SIGKILL, log.read_text()[-2000:]
             partial = [p for p in temp_files(out) if p.name.startswith(".checkpoint.pt.")]
             assert len(partial) == 1 and partial[0].stat().st_size > 0
             assert saved_step(out) == start + 2  # the 1st save of this attempt, intact
             continue
-        proc = spawn(tmp_path / "cfg.yaml", log)
         new_lines = rng.randint(0, 2)  # 0: may die while importing or building the model
+        # killed at a random moment up to 2 steps later: the run waits there, never finishes
+        proc = spawn(tmp_path / "cfg.yaml", log, pause_at=start + new_lines + 2)
         wait_until(lambda n=new_lines, s=start: logged(out) >= s + n, proc, log)
         time.sleep(rng.uniform(0.0, 0.1))
-        assert proc.poll() is None, "the run finished before it could be killed"
+        assert proc.poll() is None, log.read_text()[-2000:]
         proc.kill()
         proc.wait()
     assert (out / ".lock").exists()  # left by a SIGKILLed owner: must not block
@@ -180,10 +206,11 @@ def test_sigterm_to_the_job_checkpoints_and_a_second_run_is_refused(
         start = saved_step(out)
         log = tmp_path / f"term{attempt}.log"
         # one data-loader worker: the signal reaches it too, as on a cluster
-        proc = spawn(tmp_path / "cfg.yaml", log, "data.num_workers=1", group=True)
         target = start + rng.randint(1, 3)
-        wait_until(lambda t=target: logged(out) >= t, proc, log)
-        assert proc.poll() is None
+        # the run waits after step `target` until the SIGTERM has reached its handler
+        proc = spawn(tmp_path / "cfg.yaml", log, "data.num_workers=1", group=True, pause_at=target)
+        wait_until(lambda g=gate(log): (g / "paused").exists(), proc, log)
+        assert proc.poll() is None and logged(out) == target, log.read_text()[-2000:]
         if attempt == 0:  # a second process on the same run directory refuses
             with pytest.raises(SystemExit) as e:
                 main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])
@@ -237,13 +264,140 @@ def test_lock_takes_over_dead_recycled_and_silent_foreign_owners(tmp_path):
         pass
 
 
+CONTENDER = """
+import os, socket, sys, time
+from pathlib import Path
+from fastdino_cli import rundir as rd
+
+run, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+base = run.parent
+def wait_for(*names):  # a file barrier: no timing involved
+    while not any((base / n).exists() for n in names):
+        time.sleep(0.001)
+
+real = rd.RunLock._live_owner
+def inspecting(self, *args):
+    # both contenders meet here when both could inspect the stale lock at once (the old
+    # "inspect, unlink, create" takeover let both win from this point); with the flock only
+    # the holder gets here, and goes on once the other has lost
+    (base / f"inspect_{me}").touch()
+    wait_for(f"inspect_{other}", f"result_{other}")
+    return real(self, *args)
+rd.RunLock._live_owner = inspecting
+
+(base / f"ready_{me}").touch()
+wait_for("go")
+try:
+    lock = rd.RunLock(run).__enter__()
+    result = f"won {os.getpid()}"
+except rd.RunLocked as e:
+    lock, result = None, f"lost {e}"
+(base / f"result_{me}.tmp").write_text(result)
+(base / f"result_{me}.tmp").rename(base / f"result_{me}")
+if lock is not None:
+    wait_for("release")
+    lock.__exit__()
+"""
+
+
+def _wait_for_files(paths: list[Path], procs: list[subprocess.Popen]) -> None:
+    while not all(p.exists() for p in paths):
+        assert all(proc.poll() is None for proc in procs), [p.poll() for p in procs]
+        time.sleep(0.01)
+
+
+def test_two_processes_taking_over_a_stale_lock_exactly_one_wins(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(f"{dead.pid} {socket.gethostname()} 1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONTENDER, str(run), me, other], env=env)
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    try:
+        _wait_for_files([tmp_path / "ready_a", tmp_path / "ready_b"], procs)
+        (tmp_path / "go").touch()
+        _wait_for_files([tmp_path / "result_a", tmp_path / "result_b"], procs)
+        results = sorted((tmp_path / f"result_{x}").read_text() for x in "ab")
+        assert [r.split()[0] for r in results] == ["lost", "won"], results
+        winner = results[1].split()[1]
+        # the loser names the winner, or says it is taking over (not yet written its pid)
+        assert "in use by another fastdino process (" in results[0]
+        assert f"(pid {winner})" in results[0] or "taking over a stale lock" in results[0]
+        assert (run / ".lock").read_text().split()[0] == winner
+    finally:
+        (tmp_path / "release").touch()
+        for proc in procs:
+            proc.wait(timeout=120)
+    assert not (run / ".lock").exists()
+
+
+HOLDER = """
+import multiprocessing as mp, os, signal, sys, time
+from pathlib import Path
+from fastdino_cli import rundir as rd
+
+def child(base):  # a data-loader worker, forked while the lock is held
+    (base / "child_ready").touch()
+    while not (base / "child_exit").exists():
+        time.sleep(0.01)
+
+run = Path(sys.argv[1])
+rd.RunLock(run).__enter__()
+proc = mp.get_context("fork").Process(target=child, args=(run.parent,))
+proc.start()
+while not (run.parent / "child_ready").exists():
+    time.sleep(0.01)
+(run.parent / "worker_pid").write_text(str(proc.pid))
+os.kill(os.getpid(), signal.SIGKILL)  # the trainer dies; its worker lives on for a while
+"""
+
+
+def test_a_killed_trainers_forked_worker_does_not_keep_its_lock(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.run(  # no pipes: the orphaned worker would hold them open
+        [sys.executable, "-c", HOLDER, str(run)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert holder.returncode == -signal.SIGKILL
+    worker = int((tmp_path / "worker_pid").read_text())
+    try:
+        os.kill(worker, 0)  # still alive, and holding a copy of the trainer's descriptors
+        with rd.RunLock(run) as held:  # taken over at once: the worker closed the lock's copy
+            assert held.held and (run / ".lock").read_text().split()[0] == str(os.getpid())
+    finally:
+        (tmp_path / "child_exit").touch()
+
+
+def test_disk_full_while_writing_the_lock_is_one_line(tmp_path, demo_data, monkeypatch, capsys):
+    out = tmp_path / "run"
+    write_config(tmp_path / "cfg.yaml", out, demo_data.train)
+
+    def pwrite(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    code, err = _run_cli(capsys, ["pretrain", "--config", str(tmp_path / "cfg.yaml")])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"cannot write the lock file {out / '.lock'} (No space left on device)" in err
+    assert "free space" in err and not (out / ".lock").exists()
+
+
 def test_lock_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
     monkeypatch.setattr(rd.RunLock, "HEARTBEAT_S", 0.05)
     with rd.RunLock(tmp_path) as held:
         old = time.time() - 1000
         os.utime(held.path, (old, old))
-        time.sleep(0.5)
-        assert time.time() - held.path.stat().st_mtime < 5
+        # wait for the heartbeat thread to touch it (no fixed sleep: it may be slow to run)
+        t0 = time.time()
+        while held.path.stat().st_mtime < old + 500:
+            assert time.time() - t0 < 600, "the heartbeat never touched the lock"
+            time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +447,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
                 return FillsUp(f)
         return f
 
-    monkeypatch.setattr(ckpt_io.os, "fdopen", fdopen)
+    monkeypatch.setattr(os, "fdopen", fdopen)  # what fileio.atomic_write opens
     code, err = _run_cli(capsys, ["pretrain", "--config", str(tmp_path / "cfg.yaml")])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert str(out / "checkpoint.pt") in err and "No space left on device" in err

@@ -50,7 +50,7 @@ def _settings(out) -> EvalSettings:
 
 
 @pytest.mark.slow
-def test_shrunken_demo_end_to_end(tmp_path, capsys):
+def test_shrunken_demo_end_to_end(tmp_path, capsys, monkeypatch):
     from fastdino_cli.report.demo import RUNS, run_demo
 
     out = tmp_path / "demo"
@@ -112,6 +112,13 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys):
     again = json.loads((out / "demo_timings.json").read_text())
     steps = {k: v for k, v in again["steps"].items() if k != "demo data"}
     assert all(t["status"] == "reused" for t in steps.values()), steps
+    assert (out / "runs" / "dinov2" / "final.pt").stat().st_mtime == ckpt_mtime
+
+    # the same folder spelled relative to the current directory is the same demo (issue 17)
+    monkeypatch.chdir(tmp_path)
+    run_demo("demo", steps_scale=0.02, **kwargs)
+    spelled = json.loads((out / "demo_timings.json").read_text())["steps"]
+    assert all(t["status"] == "reused" for k, t in spelled.items() if k != "demo data"), spelled
     assert (out / "runs" / "dinov2" / "final.pt").stat().st_mtime == ckpt_mtime
 
     # a finished run trained with another config is never silently reused

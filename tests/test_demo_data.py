@@ -60,3 +60,53 @@ def test_colour_statistics_do_not_solve_it(tmp_path):
     acc = (pred == yv).mean()
     assert acc < 0.6, acc
     assert acc > 1.0 / len(info.class_names)  # but the images do carry information
+
+
+def test_only_a_folder_fastdino_built_is_ever_replaced(tmp_path):
+    """Issue 17: the build replaces train/ and val/, so it only ever does it in a folder that
+    holds its marker (or an older build's .complete stamp); a user's folder is refused."""
+    import json
+    import os
+
+    import pytest
+
+    from fastdino_cli.data.demo import COMPLETE, MARKER
+    from fastdino_cli.errors import DataError
+
+    small = dict(size=16, train_per_class=1, val_per_class=1)
+    built = build_demo_dataset(tmp_path / "built", **small)
+    marker = json.loads((built.root / MARKER).read_text())
+    assert marker["built_by"] == "fastdino data demo" and marker["version"] >= 1
+    assert oct(os.stat(built.root / MARKER).st_mode & 0o777) == oct(0o666 & ~_umask())
+    # another size: the folder is ours, so it is rebuilt in place
+    rebuilt = build_demo_dataset(tmp_path / "built", size=16, train_per_class=2, val_per_class=1)
+    assert not rebuilt.reused and len(list((built.root / "train" / "cat").glob("*.png"))) == 2
+    # interrupted after the marker, before .complete: rebuilt too
+    (built.root / COMPLETE).unlink()
+    assert not build_demo_dataset(tmp_path / "built", **small).reused
+    # a folder built before the marker existed (only .complete): still ours
+    (built.root / MARKER).unlink()
+    assert build_demo_dataset(tmp_path / "built", size=16, train_per_class=3, val_per_class=1)
+    # the user's own train/ and val/: refused, untouched
+    user = tmp_path / "user"
+    for split in ("train", "val"):
+        (user / split / "mine").mkdir(parents=True)
+        (user / split / "mine" / "a.png").write_bytes(b"my photo")
+    with pytest.raises(DataError, match=f"{user} is not empty .*not built by fastdino"):
+        build_demo_dataset(user, **small)
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == [
+        "train", "train/mine", "train/mine/a.png", "val", "val/mine", "val/mine/a.png"
+    ]  # fmt: skip
+    # a stray .complete that is not our stamp does not make a folder ours
+    (user / COMPLETE).write_text("done\n")
+    with pytest.raises(DataError, match="not built by fastdino"):
+        build_demo_dataset(user, **small)
+    # new or empty folders are fine
+    (tmp_path / "empty").mkdir()
+    assert build_demo_dataset(tmp_path / "empty", **small).num_train == len(SOURCES)
+
+
+def _umask() -> int:
+    from fastdino_cli.fileio import process_umask
+
+    return process_umask()

@@ -257,10 +257,13 @@ def test_unreadable_files_are_skipped_and_counted_in_a_run(tmp_path, demo_data):
     assert sorted(Path(p).name for p in res.skipped_files) == ["broken.jpg", "empty.png"]
 
 
-def _spawn(cfg_path, out):
+def _spawn(cfg_path, gate, pause_at):
+    """``fastdino pretrain`` through ``tests/_pausing_pretrain.py``: once ``pause_at`` steps are
+    logged it writes ``gate/paused`` and waits for a signal, so it cannot finish first."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    launcher = [str(ROOT / "tests" / "_pausing_pretrain.py"), str(pause_at), str(gate)]
     return subprocess.Popen(
-        [sys.executable, "-m", "fastdino_cli", "pretrain", "--config", str(cfg_path)],
+        [sys.executable, *launcher, "pretrain", "--config", str(cfg_path)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -295,7 +298,7 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path, demo_d
         extra=["train.checkpoint_period=2", "train.keep_checkpoints=1"],
     )
     cfg = _write_cfg(tmp_path / "cfg.yaml", over)
-    proc = _spawn(tmp_path / "cfg.yaml", out)
+    proc = _spawn(tmp_path / "cfg.yaml", tmp_path / "gate", pause_at=5)  # never past step 5
     _wait_for(out / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -324,12 +327,11 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, demo_data):
         out, demo_data.train, epochs=10, extra=["train.checkpoint_period=100", "train.log_period=1"]
     )
     _write_cfg(tmp_path / "cfg.yaml", over)
-    proc = _spawn(tmp_path / "cfg.yaml", out)
-    _wait_for(out / "metrics.jsonl", proc)
-    while not (out / "metrics.jsonl").read_text().strip():
-        time.sleep(0.05)
+    proc = _spawn(tmp_path / "cfg.yaml", tmp_path / "gate", pause_at=1)
+    _wait_for(tmp_path / "gate" / "paused", proc)  # waits there until the SIGTERM is handled
+    assert (out / "metrics.jsonl").read_text().strip()
     proc.send_signal(signal.SIGTERM)
-    text, _ = proc.communicate(timeout=60)
+    text, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, text
     assert "sigterm" in text
     step = ckpt_io.load(out / "checkpoint.pt")["train_state"]["step"]

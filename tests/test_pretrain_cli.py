@@ -108,3 +108,58 @@ def test_presets_resolve_with_stages(name):
     assert stages[-1].end == 1.0
     if name == "vitb16-in1k-dinov2-hires":
         assert stages[-1].global_crops_size == 448 and not stages[-1].restart
+
+
+FAST = [
+    "train.batch_size_per_gpu=5",
+    "data.num_workers=0",
+    "crops.local_crops_number=1",
+    "model.depth=1",
+]
+
+
+def test_a_run_is_the_same_run_whatever_the_spelling_of_its_paths(
+    tmp_path, demo_data, monkeypatch, capsys
+):
+    """Issue 17 (5b): `--out demo_out` then `--out "$(pwd)/demo_out"` resumes; a run stores its
+    paths absolute; an older run that stored them relative still resumes from elsewhere."""
+    import shutil
+
+    import yaml
+
+    from fastdino_cli import checkpoint as ck
+
+    shutil.copytree(demo_data.train, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    base = ["pretrain", "--preset", "demo", *FAST]
+    run_dir, data = tmp_path / "demo_out" / "run", tmp_path / "data"
+    code, out, err = run(
+        [*base, "--out", "demo_out/run", "data.train=data", "train.max_steps=1"], capsys
+    )
+    assert code == 0, err
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert stored["data"]["train"] == str(data)
+    assert stored["train"]["output_dir"] == str(run_dir)
+    absolute = [*base, "--out", str(run_dir), f"data.train={data}"]
+    code, out, err = run([*absolute, "train.max_steps=2"], capsys)
+    assert code == 0 and "max_steps: 2/" in out, err
+
+    # a run written before paths were stored absolute: its files say "data" and "demo_out/run"
+    for name in ("checkpoint.pt", "final.pt"):
+        ckpt = ck.load(run_dir / name)
+        ckpt["config"]["data"]["train"] = "data"
+        ckpt["config"]["train"]["output_dir"] = "demo_out/run"
+        ck.save(ckpt, run_dir / name)
+    stored["data"]["train"], stored["train"]["output_dir"] = "data", "demo_out/run"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run([*absolute, "train.max_steps=3"], capsys)
+    assert code == 0 and "max_steps: 3/" in out, err
+    code, out, err = run(["pretrain", "--out", str(run_dir), "train.max_steps=4"], capsys)
+    assert code == 0 and "max_steps: 4/" in out, err  # its own config.yaml, read from here
+    other = [*base, "--out", str(run_dir), f"data.train={elsewhere}", "train.max_steps=5"]
+    code, out, err = run(other, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"data.train: {str(data)!r} -> {str(elsewhere)!r}" in err, err

@@ -212,16 +212,17 @@ def test_a_stop_request_travels_with_the_step(tmp_path):
 
 
 def test_scalars_travel_in_one_vector_and_resolve_to_plain_values():
-    from fastdino_cli.train.step import _FINITE, _GO, to_host_async
+    from fastdino_cli.train.step import _FINITE, _GO, _WEIGHTS, to_host_async
 
     values = _schedules(resolve_config(None, None, tiny_overrides("/tmp/x", "demo"))).at(0)
     scalars = {"loss": torch.tensor(1.5), "n": torch.tensor([2.0])}
-    scalars |= {_FINITE: torch.tensor(0.0), _GO: torch.tensor(1.0)}
+    scalars |= {_FINITE: torch.tensor(0.0), _GO: torch.tensor(1.0), _WEIGHTS: torch.tensor(1.0)}
     pending = to_host_async(scalars, 7, values)
     pending.info = {"stage": 1}
-    assert pending.keys == ["loss", "n", _FINITE, _GO] and pending.host.shape == (4,)
+    assert pending.keys == ["loss", "n", _FINITE, _GO, _WEIGHTS] and pending.host.shape == (5,)
     record = pending.resolve()
     assert record["step"] == 7 and record["stage"] == 1 and record["lr"] == values.lr
     assert record["loss"] == 1.5 and record["n"] == 2.0
     assert record["finite"] is False and record["stop_requested"] is False
-    assert _GO not in record
+    assert record["weights_finite"] is True
+    assert _GO not in record and _WEIGHTS not in record

@@ -78,8 +78,10 @@ def pretrain_command(
     if preset is None and config is None:
         if out is None or not (out / "config.yaml").is_file():
             raise ConfigError("pass --preset NAME (see `fastdino presets list`) or --out RUN_DIR")
+        from fastdino_cli.rundir import resolve_stored_paths
+
         base = load_config_yaml((out / "config.yaml").read_text())
-        cfg = _overlay(base.to_dict(), items)
+        cfg = _overlay(resolve_stored_paths(out, base.to_dict()), items)
     else:
         cfg = resolve_config(preset, config, items)
     if plan or compare or as_json:

@@ -13,6 +13,7 @@ import typer
 from fastdino_cli.commands._common import CheckpointsArg
 from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.fileio import atomic_write
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -131,7 +132,7 @@ def probe_command(
     )  # fmt: skip
     frame = report.to_frame()
     if csv is not None:
-        frame.to_csv(csv, index=False)
+        atomic_write(csv, lambda f: frame.to_csv(f, index=False), text=True)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -105,7 +105,7 @@ def decoded_size(height: int, width: int, factor: int) -> tuple[int, int]:
 def load_rgb_for_crops(path: str | Path, spec: DecodeSpec | None) -> Image.Image:
     """Decode ``path`` to 8-bit RGB, at reduced scale for JPEGs when ``spec`` allows it.
 
-    Same contract as ``folders.load_rgb``: ``UnreadableImage`` for anything that does not decode.
+    Same contract as ``images.load_rgb``: ``UnreadableImage`` for anything that does not decode.
     """
     old = Image.MAX_IMAGE_PIXELS
     try:

@@ -7,8 +7,11 @@ plain crops, six per-channel numbers already classify such photographs at ~97%, 
 could show nothing. Train and val crops come from disjoint regions of each photograph (the first
 70% and the last 30% along its longer side), so no val image is a near-duplicate of a train image.
 
-Generation is deterministic: the same seed writes byte-identical PNG files. A finished folder is
-marked by ``.complete`` (holding the generation parameters) and reused by later calls.
+Generation is deterministic: the same seed writes byte-identical PNG files. A folder being built
+is marked first by ``.fastdino-demo-data``: only such a folder (or a new or empty one) is ever
+built into, because a rebuild replaces ``train/`` and ``val/``; a folder holding anything else
+(a user's own ``train/``) is refused and left untouched. A finished folder is marked by
+``.complete`` (holding the generation parameters) and reused by later calls.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from fastdino_cli.config import DEMO_DATA_ALIAS
 from fastdino_cli.errors import DataError
+from fastdino_cli.fileio import atomic_write, write_text
 
 # (class name, skimage.data function, licence note)
 SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -39,6 +45,10 @@ SOURCES: tuple[tuple[str, str, str], ...] = (
 
 TRAIN_FRACTION = 0.7
 GENERATOR_VERSION = 1
+MARKER = ".fastdino-demo-data"
+"""Written first into a folder this module builds: only a folder holding it is ever replaced."""
+COMPLETE = ".complete"
+"""Written last, holding the generation parameters: a folder with the same ones is reused."""
 
 
 @dataclass
@@ -150,25 +160,18 @@ def build_demo_dataset(
         "seed": seed,
         "classes": [name for name, _, _ in SOURCES],
     }
-    stamp = root / ".complete"
+    stamp = root / COMPLETE
     names = [name for name, _, _ in SOURCES]
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == params:
-                return DemoDatasetInfo(
-                    root, names, train_per_class * len(names), val_per_class * len(names), True
-                )
-        except (OSError, json.JSONDecodeError):
-            pass
-    if root.exists() and any(root.iterdir()) and not stamp.is_file():
-        if not (root / "train").is_dir():
-            raise DataError(
-                f"{root} exists and is not a fastdino demo folder; choose an empty or new folder"
-            )
-    for split in ("train", "val"):
+    if _read_json(stamp) == params:
+        return DemoDatasetInfo(
+            root, names, train_per_class * len(names), val_per_class * len(names), True
+        )
+    check_replaceable(root)
+    write_text(root / MARKER, json.dumps({"built_by": "fastdino data demo", **params}) + "\n")
+    stamp.unlink(missing_ok=True)
+    for split in ("train", "val"):  # only ever in a folder fastdino built (the marker says so)
         if (root / split).exists():
             shutil.rmtree(root / split)
-    stamp.unlink(missing_ok=True)
 
     counts = {"train": train_per_class, "val": val_per_class}
     for class_idx, (name, func, _) in enumerate(SOURCES):
@@ -185,11 +188,49 @@ def build_demo_dataset(
                     (size, size), Image.Resampling.BICUBIC, reducing_gap=None
                 )
                 out = _photometric(np.asarray(pil), rng)
-                Image.fromarray(out).save(folder / f"{name}_{i:04d}.png", optimize=False)
-    (root / "CREDITS.txt").write_text(_credits())
-    stamp.write_text(json.dumps(params))
+                png = Image.fromarray(out)
+                atomic_write(  # not durable: .complete, written last, says the set is whole
+                    folder / f"{name}_{i:04d}.png",
+                    lambda f, im=png: im.save(f, format="PNG", optimize=False),
+                    durable=False,
+                )
+    write_text(root / "CREDITS.txt", _credits())
+    write_text(stamp, json.dumps(params))
     return DemoDatasetInfo(
         root, names, train_per_class * len(names), val_per_class * len(names), False
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def built_by_fastdino(root: Path) -> bool:
+    """Whether ``root`` holds fastdino's marker (or the ``.complete`` stamp of a folder that an
+    earlier version built before the marker existed)."""
+    if (root / MARKER).is_file():
+        return True
+    legacy = _read_json(root / COMPLETE)
+    return isinstance(legacy, dict) and {"version", "classes", "seed"} <= legacy.keys()
+
+
+def check_replaceable(root: Path) -> None:
+    """Refuse (``DataError``) to build into anything but a new or empty folder or one fastdino
+    built: the build replaces ``train/`` and ``val/``, and a user's own must never be deleted."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; choose a new or empty folder for the demo data")
+    if not any(root.iterdir()) or built_by_fastdino(root):
+        return
+    held = sorted(p.name for p in root.iterdir())
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    raise DataError(
+        f"{root} is not empty ({shown}) and was not built by fastdino (no {MARKER} in it); "
+        "nothing was changed: choose a new or empty folder for the demo data"
     )
 
 
@@ -204,9 +245,6 @@ def _credits() -> str:
         lines.append(f"{name:<12} {func:<23} {note}")
     lines += ["", "scikit-image itself is BSD-3-Clause licensed."]
     return "\n".join(lines) + "\n"
-
-
-DEMO_DATA_ALIAS = "demo"
 
 
 def demo_cache_dir() -> Path:

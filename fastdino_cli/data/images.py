@@ -3,11 +3,13 @@
 - Unlabelled: any folder tree of images (pretraining needs no labels).
 - Labelled: the ImageFolder layout ``ROOT/<class>/<image>`` (probes and evaluations).
 
-Files are found by extension. Decoding happens lazily in ``load_rgb``; an unreadable, truncated
-or non-image file raises ``UnreadableImage`` there so callers can skip it, count it and report it
-at the end instead of dying halfway through a run. Grayscale, palette, CMYK, 16-bit and float
-images are converted to 8-bit RGB; very large images are decoded (the decompression-bomb guard is
-lifted for our own reads) and, for JPEGs, decoded at reduced scale when ``draft_size`` allows.
+Files are found by extension, by the one walk ``walk_image_files`` that every reader uses (each
+real directory is visited once: symlink cycles are not followed). Decoding happens lazily in
+``load_rgb``; an unreadable, truncated or non-image file raises ``UnreadableImage`` there so
+callers can skip it, count it and report it at the end instead of dying halfway through a run.
+Grayscale, palette, CMYK, 16-bit and float images are converted to 8-bit RGB; very large images
+are decoded (the decompression-bomb guard is lifted for our own reads) and, for JPEGs, decoded
+at reduced scale when ``draft_size`` allows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from PIL import Image
@@ -67,8 +70,8 @@ def resolve_root(value: str | Path, split: str = "train") -> Path:
     return root
 
 
-def walk_error(e: OSError) -> None:
-    """``os.walk`` skips folders it cannot list; a dataset with holes must not pass silently."""
+def walk_error(e: OSError) -> NoReturn:
+    """A folder that cannot be listed: a dataset with holes must not pass silently."""
     raise DataError(
         f"cannot list the folder {e.filename}: {e.strerror or e}; fix its permissions or "
         "remove it from the dataset"
@@ -110,17 +113,121 @@ def read_image_list(path: str | Path) -> list[Path]:
     return out
 
 
+DirId = tuple[int, int]
+"""A real directory: ``(st_dev, st_ino)``, the same whatever path or symlink leads to it."""
+
+
+def dir_id(path: str | Path) -> DirId:
+    st = os.stat(path)  # follows symlinks: the directory a link leads to
+    return (st.st_dev, st.st_ino)
+
+
+def walk_image_files(
+    top: str | Path,
+    *,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    recursive: bool = True,
+    seen: set[DirId] | None = None,
+) -> list[Path]:
+    """THE image-folder walk: every image file under ``top``, sorted; used by every reader.
+
+    Symlinked files and folders are followed, but each real directory is visited once: a link
+    back to a parent (a cycle) or to a folder already visited is skipped. ``os.walk`` with
+    ``followlinks=True`` instead follows a cycle until the path is too long, counting the same
+    images dozens of times (and, in a labelled folder, under other classes' labels).
+
+    Args:
+        top: the folder to walk (always walked, even when ``seen`` holds it).
+        extensions: lower-case file suffixes that count as images.
+        recursive: False lists ``top`` only.
+        seen: directories not to enter, updated with those visited; pass one set to several
+            walks so that together they visit each real directory once.
+
+    Hidden files and folders (``.name``) are skipped. A folder that cannot be listed is a
+    ``DataError`` naming it.
+    """
+    top = Path(top)
+    seen = set() if seen is None else seen
+    try:
+        seen.add(dir_id(top))
+    except OSError as e:
+        walk_error(e)
+    out: list[Path] = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            walk_error(e)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if entry.name.lower().endswith(extensions):
+                    out.append(folder / entry.name)
+                continue
+            if not recursive:
+                continue
+            try:
+                key = dir_id(entry.path)
+            except OSError:
+                continue  # a link that loops on itself or leads nowhere
+            if key not in seen:
+                seen.add(key)
+                stack.append(folder / entry.name)
+    out.sort()
+    return out
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """The class names of a labelled folder: its non-hidden sub-folders, sorted."""
+    root = Path(root)
+    try:
+        return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        walk_error(e)
+
+
+def walk_labelled(
+    root: str | Path,
+    *,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    recursive: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> dict[str, list[Path]]:
+    """``ROOT/<class>/**/<image>`` -> {class: sorted images}, classes sorted (empty ones kept).
+
+    One ``seen`` set spans the whole folder and starts with the root and every class folder, so
+    a link from one class into another or up to the root is not followed: each image gets one
+    label, the one of the class folder it really sits in.
+    """
+    root = Path(root)
+    names = [n for n in class_folders(root) if n not in exclude]
+    seen: set[DirId] = set()
+    for folder in (root, *(root / n for n in names)):
+        try:
+            seen.add(dir_id(folder))
+        except OSError as e:
+            walk_error(e)
+    return {
+        n: walk_image_files(root / n, extensions=extensions, recursive=recursive, seen=seen)
+        for n in names
+    }
+
+
 def scan_images(root: str | Path) -> list[Path]:
     """Every image file under ``root`` (any depth, hidden folders skipped), sorted; for a ``.txt``
     list, the files it names in its order (``read_image_list``)."""
     root = Path(root)
     if root.is_file() and is_image_list(root):
         return read_image_list(root)
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=walk_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in filenames if is_image_file(f) and not f.startswith(".")]
-    out.sort()
+    out = walk_image_files(root)
     if not out:
         raise DataError(
             f"no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found under {root}"
@@ -143,22 +250,18 @@ def scan_labelled(root: str | Path) -> LabelledImages:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"labelled data folder {root} does not exist or is not a folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    per_class = walk_labelled(root)
+    if not per_class:
         raise DataError(
             f"{root} has no class sub-folders; expected the layout {root}/<class>/<img>"
         )
     files, labels = [], []
-    for ci, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, True, walk_error, True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(filenames):
-                if is_image_file(f) and not f.startswith("."):
-                    files.append(Path(dirpath) / f)
-                    labels.append(ci)
+    for ci, found in enumerate(per_class.values()):
+        files += found
+        labels += [ci] * len(found)
     if not files:
         raise DataError(f"no image files found in the class folders of {root}")
-    return LabelledImages(root, files, labels, classes)
+    return LabelledImages(root, files, labels, list(per_class))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fastdino_cli.data.images import read_rgb_or_fail, walk_error
+from fastdino_cli.data.images import read_rgb_or_fail, walk_labelled
 from fastdino_cli.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -71,17 +71,12 @@ def scan_labelled_folder(root: str | Path, *, what: str = "data") -> LabelledFol
     if not given.is_dir():
         raise DataError(f"{what} folder {given} is not a folder; pass a folder of class folders")
     base = resolve_layout(given)
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = walk_labelled(base, extensions=IMAGE_EXTENSIONS)
+    classes = list(per_class)
     paths: list[Path] = []
     labels: list[int] = []
     empty: list[str] = []
-    for idx, name in enumerate(classes):
-        found = sorted(
-            Path(dirpath) / f
-            for dirpath, _, files in os.walk(base / name, True, walk_error, True)
-            for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        )
+    for idx, (name, found) in enumerate(per_class.items()):
         if not found:
             empty.append(name)
         paths.extend(found)

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastdino_cli.eval.corruption.registry import ALL, GROUPS, corrupt, corruption_rng
 from fastdino_cli.eval.corruption.run import CorruptEvalResult
+from fastdino_cli.fileio import save_figure
 
 
 def _plt():
@@ -128,7 +129,7 @@ def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    save_figure(fig, path, dpi=dpi)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fastdino_cli.data.images import UnreadableImage, load_rgb
-from fastdino_cli.fileio import atomic_write
+from fastdino_cli.fileio import save_figure
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RetrievalRow:
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     FigureCanvasAgg(fig)
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return save_figure(fig, path, dpi=dpi)
 
 
 def _thumb(path: Path, size: int = 96) -> np.ndarray:

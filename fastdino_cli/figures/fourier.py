@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fastdino_cli.eval.fourier.basis import FourierResult, radial_profile
+from fastdino_cli.fileio import save_figure
 
 CMAP = "jet"  # the colour map of Yin et al. and both public implementations
 DIVERGING = "RdBu_r"
@@ -68,9 +69,7 @@ def plot_heatmap(result: FourierResult, title: str, path: str | Path) -> Path:
     ax2.set_title(f"error - clean error ({result.clean_error:.3f})")
     fig.colorbar(im, ax=ax2, shrink=0.85)
     fig.suptitle(f"{title}: {_caption(result)}")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def shared_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -102,9 +101,7 @@ def plot_side_by_side(
     label = "top-1 error" if value == "error" else "error - clean error"
     fig.colorbar(im, ax=list(axes), shrink=0.85, label=f"{label} (shared scale)")
     fig.suptitle(f"Fourier heatmap: {_caption(results[0])}")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_radial(results: Sequence[FourierResult], titles: Sequence[str], path: str | Path) -> Path:
@@ -122,6 +119,4 @@ def plot_radial(results: Sequence[FourierResult], titles: Sequence[str], path: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Radial profile: {_caption(results[0])}", fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from fastdino_cli.fileio import save_figure
+
 if TYPE_CHECKING:
     from fastdino_cli.eval.gradcam.run import GradCamResult
 
@@ -86,6 +88,4 @@ def plot_gradcam_grid(
         fontsize=8,
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)

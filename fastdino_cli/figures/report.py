@@ -2,7 +2,7 @@
 
 Each evaluation runs once per run directory, so its own figure shows one model. The report puts
 the runs side by side with the evaluations' own drawing functions, fed from the stored arrays:
-corruption bars (``eval.corrupt_figures``), Fourier heatmaps on ONE colour scale
+corruption bars (``figures.corruption``), Fourier heatmaps on ONE colour scale
 (``eval.fourier_figures``), the Grad-CAM grid with one column per run (``eval.gradcam_figures``)
 and each run's training curves (``train.figures``). Nothing here runs a model.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fastdino_cli.fileio import write_text
 from fastdino_cli.report.tables import RunData, corruption_cells
 
 
@@ -153,5 +154,4 @@ def gradcam_agreement(runs: list[RunData]) -> dict[str, float]:
 
 
 def dump_json(obj, path: Path) -> Path:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return path
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

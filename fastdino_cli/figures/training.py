@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from fastdino_cli.errors import DataError
+from fastdino_cli.fileio import save_figure
 
 LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
 
@@ -94,6 +95,6 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     title = f"{name}: {int(df['step'].iloc[-1]) + 1} steps"
     fig.suptitle(title)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out

@@ -2,7 +2,7 @@
 
 The library twin of ``fastdino report``. It reads what ``pretrain``, ``probe``,
 ``corrupt-eval``, ``fourier-heatmap`` and ``gradcam`` wrote into each run directory (layout in
-``report_tables``), and writes into ``out``::
+``report.tables``), and writes into ``out``::
 
     out/report.md          the tables and figures, relative changes against the FIRST run
     out/runs.csv           preset, steps, wall-clock, images/s, GFLOPs/image, PFLOPs
@@ -12,7 +12,7 @@ The library twin of ``fastdino report``. It reads what ``pretrain``, ``probe``,
     out/figures/*.png      training curves, corruption bars, Fourier heatmaps, Grad-CAM grid
 
 A section with nothing to show names the command that fills it. Nothing is computed unless
-``run_missing=True``, which first runs the missing evaluations (``report_run``).
+``run_missing=True``, which first runs the missing evaluations (``report.steps``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from fastdino_cli.figures.report import (
     gradcam_grid,
     training_curves,
 )
+from fastdino_cli.fileio import atomic_write, write_text
 from fastdino_cli.report.steps import EvalSettings, commands, evaluation_steps
 from fastdino_cli.report.tables import (
     GROUP_NAMES,
@@ -82,7 +83,7 @@ def build_report(
     Args:
         run_dirs: run directories; the first one is the reference of every relative change.
         out: output folder (created).
-        run_missing: first run the evaluations whose outputs are missing (``report_run``).
+        run_missing: first run the evaluations whose outputs are missing (``report.steps``).
         settings: how those evaluations run (data folders, corruptions, sizes).
         timings: optional pipeline timings (``demo_timings.json`` of ``run_demo``), shown as
             a last section.
@@ -113,9 +114,9 @@ def build_report(
         "corruptions": _corruption_wide(runs),
     }
     for name, table in report.tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
+        atomic_write(out / f"{name}.csv", lambda f, t=table: t.to_csv(f, index=False), text=True)
     report.markdown = _render(report, out, settings, timings)
-    report.path.write_text(report.markdown)
+    write_text(report.path, report.markdown)
     return report
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastdino_cli.fileio import write_text
 from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
 
 RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
@@ -272,14 +273,15 @@ def run_demo(
         progress: rich display (None: when stdout is a terminal).
     """
     from fastdino_cli.config import resolve_config
-    from fastdino_cli.data.demo import build_demo_dataset
+    from fastdino_cli.data.demo import build_demo_dataset, check_replaceable
     from fastdino_cli.errors import ConfigError
     from fastdino_cli.report.build import build_report
 
     if steps_scale <= 0:
         raise ConfigError(f"steps_scale {steps_scale} must be positive")
-    out = Path(out)
+    out = Path(os.path.abspath(Path(out).expanduser()))  # runs store absolute paths
     data = out / "data"
+    check_replaceable(data)  # a folder of the user's is refused before anything runs
     settings = settings or demo_settings(data, full)
     run_dirs = [out / "runs" / name for name in RUNS]
     items: list[tuple[Step, Callable[[], str] | None]] = []
@@ -312,7 +314,7 @@ def run_demo(
                 timings[step.name] = {**earlier, "status": "reused"}
             # written after every step, so an interrupted demo keeps what it measured
             record = _timings_record(timings, full, steps_scale, time.perf_counter() - t_start)
-            (out / "demo_timings.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_text(out / "demo_timings.json", json.dumps(record, indent=2) + "\n")
         bar.start("report")
         t0 = time.perf_counter()
         report = build_report(run_dirs, report_dir, settings=settings, timings=record)

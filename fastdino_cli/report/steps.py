@@ -3,7 +3,7 @@
 Shared by ``fastdino report --run-missing`` and ``fastdino demo``: both list a run's steps
 (probe, corrupt-eval, fourier-heatmap, gradcam), skip the ones whose outputs exist, are newer
 than ``final.pt`` and match the requested settings, and run the rest through the same library
-functions the subcommands call, writing into the run directory (layout in ``report_tables``).
+functions the subcommands call, writing into the run directory (layout in ``report.tables``).
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def training_numbers(run: RunData) -> dict[str, Any] | None:
 
 
 def flops_numbers(run: RunData, steps_done: int | None) -> dict[str, Any] | None:
-    """GFLOPs per training image and PFLOPs of the steps done, from ``train.flops``' plan."""
+    """GFLOPs per training image and PFLOPs of the steps done, from ``train.plan``' plan."""
     if run.config is None:
         return None
     from fastdino_cli.train.plan import plan_config

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.fileio import write_text
 
 GUARD = "FASTDINO_LAUNCHED"
 CONFIG_NAME = "accelerate_config.yaml"
@@ -76,7 +77,7 @@ def write_accelerate_config(run_dir: Path, num_processes: int) -> Path:
         "# FSDP2 itself from the run's `distributed.*` config keys.\n"
     )
     text = yaml.safe_dump(accelerate_config(num_processes), sort_keys=False)
-    path.write_text(header + text)
+    write_text(path, header + text)
     return path
 
 

@@ -35,11 +35,12 @@ import torch
 
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli import rundir as rd
-from fastdino_cli.config import Config, config_to_yaml
+from fastdino_cli.config import Config, config_to_yaml, with_absolute_paths
 from fastdino_cli.curriculum import is_restart_step, stage_at_step
 from fastdino_cli.data.images import first_readable, resolve_root, scan_images
 from fastdino_cli.data.multicrop import seed_for
 from fastdino_cli.errors import CheckpointError, ConfigError, FastdinoError
+from fastdino_cli.fileio import write_text
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train import distributed as dist_utils
 from fastdino_cli.train.loader import build_loader
@@ -149,25 +150,31 @@ def _single_threaded(active: bool):
 def _decide_start(
     run_dir: Path, cfg: Config, resume: bool | None, force_config: bool
 ) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None: start at step 0), after every safety check."""
+    """The checkpoint to resume from (None: start at step 0), after every safety check; what a
+    run directory holds is decided by ``rundir.classify_run_dir`` alone."""
     latest = run_dir / "checkpoint.pt"
-    holds_run = latest.exists() or (run_dir / "config.yaml").exists()
-    if resume is False and holds_run:
+    stored = rd.load_config_yaml_dict(run_dir / "config.yaml")
+    periods = [cfg.train.checkpoint_period]
+    stored_period = rd.flatten(stored).get("train.checkpoint_period")
+    if isinstance(stored_period, int) and stored_period > 0:
+        periods.append(stored_period)
+    state = rd.classify_run_dir(run_dir, tuple(periods))
+    if resume is False and state.holds_run:
         raise ConfigError(
             f"{run_dir} already holds a run; resume it with --resume or choose another --out"
         )
-    if not latest.exists():
-        if resume and not holds_run:
+    if state.kind in ("finished", "broken"):
+        raise rd.NotResumable(state.refusal())
+    if state.kind == "empty":
+        if resume and not state.holds_run:
             raise ConfigError(f"nothing to resume in {run_dir}: it holds no checkpoint.pt")
         if (run_dir / "config.yaml").exists():
-            old = rd.load_config_yaml_dict(run_dir / "config.yaml")
-            rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
+            rd.check_resume_config(run_dir, stored, cfg.to_dict(), force_config)
         return None
     try:
         ckpt = ckpt_io.load(latest)
     except CheckpointError as e:  # damaged outside fastdino (atomic saves never leave this)
-        copies = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-        hint = f"; copy {copies[-1]} over it to resume from there" if copies else ""
+        hint = f"; copy {state.copies[-1]} over it to resume from there" if state.copies else ""
         raise CheckpointError(f"{e}{hint}") from None
     if "train_state" not in ckpt:
         raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
@@ -207,6 +214,7 @@ def pretrain(
     """
     if not cfg.data.train:
         raise ConfigError("data.train is not set; pass data.train=DIR (or data.train=demo)")
+    cfg = with_absolute_paths(cfg)  # stored in config.yaml: the run means the same from anywhere
     run_dir = Path(cfg.train.output_dir)
     accelerator = build_accelerator(cfg.train.precision)
     main = accelerator.is_main_process
@@ -282,7 +290,7 @@ def _run(cfg, run_dir, accelerator, resume, force_config, progress, main) -> Run
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         rd.truncate_metrics(run_dir / "metrics.jsonl", start)
     schedules = build_schedules(cfg, global_batch)
     result = RunResult(
@@ -414,22 +422,34 @@ class _Settler:
         stop)."""
         record = pending.resolve()
         step, stop_requested = record["step"], record.pop("stop_requested")
+        weights_finite = record.pop("weights_finite")
         self.bad = 0 if record["finite"] else self.bad + 1
         self.reporter.step(
             record,
             wait=record.pop("data_wait_s"),
             stage_changed=step == self.start or _stage_starts(self.cfg, step, self.total),
         )
+        if not weights_finite:
+            raise TrainingDiverged(
+                f"step {step} made the weights non-finite (inf, nan or too large for float32; "
+                f"loss {record['loss']:.4g}); {self._last_good()}; lower optim.base_lr or "
+                "check the data"
+            )
         if not record["finite"]:
             warnings.warn(
                 f"step {step}: non-finite loss ({record['loss']}), step skipped", stacklevel=1
             )
             if self.bad >= self.cfg.train.max_bad_steps:
                 raise TrainingDiverged(
-                    f"{self.bad} consecutive non-finite losses (last at step {step}); the last "
-                    f"good checkpoint is {self.latest}; lower optim.base_lr or check the data"
+                    f"{self.bad} consecutive non-finite losses (last at step {step}); "
+                    f"{self._last_good()}; lower optim.base_lr or check the data"
                 )
         return record["finite"], stop_requested
+
+    def _last_good(self) -> str:
+        if self.latest.exists():
+            return f"the last good checkpoint is {self.latest}"
+        return "no checkpoint was written"
 
 
 def _stage_starts(cfg: Config, step: int, total: int) -> bool:

@@ -16,6 +16,17 @@ of the step. Inside ``TrainStep.__call__`` therefore:
   asked to stop) is stacked into ONE vector and copied to (pinned) host memory without waiting.
   ``PendingStep.resolve()`` waits for that copy alone, which the loop does one step later, once
   the next step is queued behind it.
+- non-finite WEIGHTS: a finite loss can still produce an update that makes the weights inf or
+  nan (``optim.base_lr=1e30``), and from then on every loss is NaN and every step skipped, so a
+  short run would end "finished" with a NaN ``final.pt``. The step cannot be skipped any more
+  once the optimizer applied it (telling would mean keeping a copy of every parameter), so the
+  step reports ``weights_finite``, whether the student's parameters after it are finite
+  (``weights_finite()``: one multi-tensor norm, a read of the parameters, small beside AdamW's
+  reads and writes of parameters, gradients and moments). The loop settles every step before
+  any checkpoint that includes it and stops the run when its weights are not finite
+  (``train/loop.py::_Settler``): no checkpoint or ``final.pt`` of non-finite weights is ever
+  written, and the step queued behind the bad one sees a NaN loss and is skipped on the device
+  as usual.
 
 Only an optimizer that cannot skip on the device (AdamW without ``fused`` and without a grad
 scaler: the CPU default, ``optim.fused=false`` on CUDA) reads the flag on the host before it
@@ -27,7 +38,7 @@ Per iteration::
     schedules  -> lr / wd per group, teacher temperature, EMA momentum
     forward    -> loss, metrics (autocast);  flags = [finite, not stop] MIN over ranks
     backward, per-sub-module clipping, AdamW step (skipped on the device when not finite)
-    EMA of the teacher (unchanged when not finite)
+    EMA of the teacher (unchanged when not finite); norm of the student's parameters
     one asynchronous copy of every scalar to the host  -> PendingStep
 """
 
@@ -49,7 +60,7 @@ from fastdino_cli.train.schedules import (
     clip_grad_norms,
 )
 
-_FINITE, _GO = "finite", "_no_stop"
+_FINITE, _GO, _WEIGHTS = "finite", "_no_stop", "_weights_finite"
 
 
 @dataclass
@@ -70,13 +81,15 @@ class PendingStep:
         """Wait for this step's scalars only; the record as plain Python values.
 
         ``finite``: the step was applied on every rank; ``stop_requested``: some rank asked to
-        stop when the step was queued (SIGTERM), the same answer on every rank.
+        stop when the step was queued (SIGTERM), the same answer on every rank;
+        ``weights_finite``: the student's weights after the step are finite on every rank.
         """
         if self.ready is not None:
             self.ready.synchronize()
         scalars = dict(zip(self.keys, self.host.tolist(), strict=True))
         no_stop = scalars.pop(_GO)
         finite = scalars.pop(_FINITE) > 0
+        weights = scalars.pop(_WEIGHTS) > 0
         v = self.values
         return {
             "step": self.step,
@@ -89,6 +102,7 @@ class PendingStep:
             **scalars,
             "finite": finite,
             "stop_requested": no_stop <= 0,
+            "weights_finite": weights,
         }
 
 
@@ -108,6 +122,25 @@ def to_host_async(values: dict[str, Tensor], step: int, schedule: ScheduleValues
         ready.record()
         return PendingStep(step, schedule, keys, host, ready)
     return PendingStep(step, schedule, keys, vec.cpu())
+
+
+def weights_finite(module: torch.nn.Module) -> Tensor:
+    """1.0 when every parameter of ``module`` is finite on every rank, else 0.0 (0-d float32 on
+    the parameters' device; no host synchronisation).
+
+    The test is the finiteness of the norm of the parameters this rank holds (its FSDP shards,
+    or whole tensors): one multi-tensor kernel; it also fails when the weights are so large
+    (~1e19) that the norm overflows float32, and such weights overflow every activation: both
+    are divergence. The MIN over ranks (one one-element all-reduce, queued like a kernel) gives
+    every rank the same answer, so that all stop at the same step.
+    """
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
+    local = [t.detach() for t in local if t.numel()]
+    if not local:
+        return torch.ones(())
+    norm = torch.nn.utils.get_total_norm(local)
+    flag = torch.isfinite(norm).to(torch.float32).reshape(1)
+    return dist_utils.min_over_ranks(flag)[0]
 
 
 class TrainStep:
@@ -186,6 +219,7 @@ class TrainStep:
         scalars = {
             **metrics,
             **{f"grad_norm_{k}": v for k, v in norms.items()},
+            _WEIGHTS: weights_finite(self.core.student),
             _FINITE: flags[0],
             _GO: flags[1],
         }

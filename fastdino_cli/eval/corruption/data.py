@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastdino_cli.data.images import read_rgb_or_fail
+from fastdino_cli.data.images import read_rgb_or_fail, walk_labelled
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.corruption.registry import corrupt, corruption_rng
+from fastdino_cli.fileio import atomic_write
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 CLEAN = "clean"
 
 PilTransform = Callable[[Image.Image], np.ndarray]  # PIL image -> HxWx3 uint8 crop
@@ -47,16 +48,15 @@ class Task:
 
 
 def list_labelled_images(root: str | Path, max_per_class: int | None = None) -> list[Sample]:
-    """``root/<class>/<image>`` files, sorted by class then name."""
+    """``root/<class>/<image>`` files (one level, as the released sets), sorted by class then
+    name; a ``val/`` folder beside the classes (FastDINOv2's layout) is not a class."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; give a labelled folder root/<class>/<image>")
     samples: list[Sample] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "val"):
-        files = sorted(
-            f for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        samples += [Sample(f, class_dir.name) for f in files[:max_per_class]]
+    per_class = walk_labelled(root, extensions=IMAGE_EXTENSIONS, recursive=False, exclude=("val",))
+    for name, files in per_class.items():
+        samples += [Sample(f, name) for f in files[:max_per_class]]
     if not samples:
         raise DataError(f"{root} holds no images in class sub-folders root/<class>/<image>")
     return samples
@@ -193,10 +193,10 @@ def write_released(root: Path, task: Task, sample: Sample, x: np.ndarray) -> Pat
     folder = root / task.corruption / str(task.severity) / sample.class_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sample.path.stem}.JPEG"
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(x).save(tmp, format="JPEG", quality=85, optimize=True)
-    tmp.replace(path)
-    return path
+    image = Image.fromarray(x)
+    return atomic_write(  # not durable: a generated set that can be written again
+        path, lambda f: image.save(f, format="JPEG", quality=85, optimize=True), durable=False
+    )
 
 
 def worker_init(_: int) -> None:

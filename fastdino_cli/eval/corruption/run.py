@@ -47,6 +47,7 @@ from fastdino_cli.eval.corruption.metrics import (
 )
 from fastdino_cli.eval.corruption.registry import ALL, BENCHMARK, EXTRA, group_of, parse_corruptions
 from fastdino_cli.eval.corruption.registry import parse_severities as _parse_severities
+from fastdino_cli.fileio import atomic_write, write_text
 
 
 @dataclass
@@ -364,13 +365,13 @@ def save_results(result: CorruptEvalResult, out_dir: str | Path) -> dict[str, Pa
         "summary": out / "summary.csv",
         "json": out / "results.json",
     }
-    result.cells.to_csv(paths["cells"], index=False)
-    result.summary.to_csv(paths["summary"], index=False)
+    atomic_write(paths["cells"], lambda f: result.cells.to_csv(f, index=False), text=True)
+    atomic_write(paths["summary"], lambda f: result.summary.to_csv(f, index=False), text=True)
     payload = {
         "meta": result.meta,
         "notes": result.notes,
         "summary": json.loads(result.summary.to_json(orient="records")),
         "cells": json.loads(result.cells.to_json(orient="records")),
     }
-    paths["json"].write_text(json.dumps(payload, indent=2))
+    write_text(paths["json"], json.dumps(payload, indent=2))
     return paths

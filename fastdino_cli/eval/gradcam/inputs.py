@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from fastdino_cli.data.images import read_rgb_or_fail
+from fastdino_cli.data.images import read_rgb_or_fail, walk_image_files, walk_labelled
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.features import (
     IMAGENET_MEAN,
@@ -37,10 +37,6 @@ class Sample:
     true_class: str | None = None
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and path.name[0] != "."
-
-
 def list_images(paths: Sequence[str | Path]) -> list[Sample]:
     """Image files given directly, found (recursively, sorted) in folders, or listed in a .txt.
 
@@ -53,7 +49,7 @@ def list_images(paths: Sequence[str | Path]) -> list[Sample]:
             listed = [p.parent / ln for ln in lines if ln and not ln.startswith("#")]
             samples += list_images(listed) if listed else []
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if _is_image(f))
+            found = walk_image_files(p, extensions=IMAGE_EXTENSIONS)
             if not found:
                 raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {p}")
             samples += [Sample(f) for f in found]
@@ -75,12 +71,8 @@ def labelled_classes(root: str | Path) -> dict[str, list[Path]]:
     if not given.is_dir():
         raise DataError(f"labelled folder {given} does not exist or is not a folder")
     root = resolve_layout(given)
-    classes = {
-        d.name: sorted(f for f in d.rglob("*") if _is_image(f))
-        for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith(".")
-    }
-    classes = {k: v for k, v in classes.items() if v}
+    per_class = walk_labelled(root, extensions=IMAGE_EXTENSIONS)
+    classes = {k: v for k, v in per_class.items() if v}
     if not classes:
         raise DataError(f"{given} holds no class folders with images (expected {given}/<class>/*)")
     return classes

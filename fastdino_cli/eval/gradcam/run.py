@@ -39,6 +39,7 @@ from fastdino_cli.eval.gradcam.inputs import (
     sample_per_class,
     sized_transform,
 )
+from fastdino_cli.fileio import atomic_write, write_text
 
 TARGET_HELP = "predicted | true | class:NAME | self | prototype | prototype:NAME"
 
@@ -351,7 +352,7 @@ def write_gradcam(result: GradCamResult, out_dir: str | Path) -> list[Path]:
         npys = []
         for i, (s, cam) in enumerate(zip(result.samples, c.maps, strict=True)):
             f = folder / f"{i:03d}_{_slug(s.path.stem)}.npy"
-            np.save(f, cam.astype(np.float32))
+            atomic_write(f, lambda fh, a=cam.astype(np.float32): np.save(fh, a))
             npys.append(str(f.relative_to(out)))
             files.append(f)
         meta_cols.append(
@@ -378,6 +379,6 @@ def write_gradcam(result: GradCamResult, out_dir: str | Path) -> list[Path]:
         "figure": png.name,
     }
     meta_path = out / "gradcam.json"
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text(meta_path, json.dumps(meta, indent=2))
     files.append(meta_path)
     return files

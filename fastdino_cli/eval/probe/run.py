@@ -30,6 +30,7 @@ from fastdino_cli.eval.features import FeatureRecipe, default_recipe, extract_fe
 from fastdino_cli.eval.labelled import check_same_classes, scan_labelled_folder
 from fastdino_cli.eval.probe.knn import DEFAULT_KS, KnnResult, knn_classify
 from fastdino_cli.eval.probe.linear import DEFAULT_LRS, LinearResult, linear_probe
+from fastdino_cli.fileio import write_text
 
 
 @dataclass
@@ -314,7 +315,4 @@ def _write_results_json(ckpt_path: Path, rows: list[ProbeRow]) -> Path:
         except (OSError, json.JSONDecodeError):
             data = {}
     data[ckpt_path.name] = [r.to_dict() for r in rows]
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(target)
-    return target
+    return write_text(target, json.dumps(data, indent=2) + "\n")
