@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fastdino_cli.errors import DataError
-from fastdino_cli.fileio import atomic_write
+from fastdino_cli.fileio import atomic_write, write_text
 
 DONE = "done.json"
 STARTED = "started.json"
@@ -42,8 +42,7 @@ FILES = "files.txt"
 
 
 def write_json(path: Path, obj: Any, *, sort_keys: bool = True) -> None:
-    text = json.dumps(obj, indent=1, sort_keys=sort_keys) + "\n"
-    atomic_write(path, lambda f: f.write(text), text=True)
+    write_text(path, json.dumps(obj, indent=1, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: Path) -> Any | None:
@@ -71,8 +70,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def write_lines(path: Path, lines: Sequence[str]) -> None:
-    text = "".join(f"{line}\n" for line in lines)
-    atomic_write(path, lambda f: f.write(text), text=True)
+    write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 def digest(obj: Any) -> str:
