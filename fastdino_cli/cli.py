@@ -82,7 +82,12 @@ COMMANDS = (
         UTILITIES,
         "Build the embedded demo dataset (no download).",
     ),
-    # `curate` (issue 24) goes here: LazyCommand("curate", "fastdino_cli.commands.curate", ...)
+    LazyCommand(
+        "curate",
+        "fastdino_cli.commands.curate",
+        UTILITIES,
+        "Curate a pretraining list from an uncurated pool (dedup + retrieval).",
+    ),
     LazyCommand(
         "demo",
         "fastdino_cli.commands.demo",

@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "presets",
     "checkpoint",
     "data",
+    "curate",
 )
 
 

@@ -255,7 +255,7 @@ def test_unlabelled_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
         scan_images(tmp_path / "empty")
-    with pytest.raises(DataError, match="is not a folder"):
+    with pytest.raises(DataError, match="is neither a folder of images nor a .txt list"):
         scan_images(_png(tmp_path / "a.png"))
 
 

@@ -14,8 +14,9 @@ class DataConfig(Section):
     """Where the pretraining images come from and how they are loaded."""
 
     train: str | None = None
-    """Folder of training images (any tree; labels are not needed), or ``demo`` for the embedded
-    demo data. Required by ``pretrain``."""
+    """Folder of training images (any tree; labels are not needed), a ``.txt`` list of image
+    paths (one per line, e.g. from ``fastdino curate``), or ``demo`` for the embedded demo data.
+    Required by ``pretrain``."""
     num_workers: int = Field(2, ge=0)
     """Data-loader worker processes per GPU (0: load in the training process)."""
     fast_decode: bool = True

@@ -77,12 +77,17 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def resolve_root(value: str | Path, split: str = "train") -> Path:
-    """A dataset folder from the config (``demo`` = the embedded demo data), checked to exist."""
+    """A dataset folder (or ``.txt`` image list) from the config (``demo`` = the embedded demo
+    data), checked to exist."""
     root = resolve_data_root(str(value), split)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; set data.train=DIR to an image folder")
+    if root.is_file() and is_image_list(root):
+        return root
     if not root.is_dir():
-        raise DataError(f"data path {root} is not a folder; point it at a folder of images")
+        raise DataError(
+            f"data path {root} is not a folder; point it at a folder of images or a .txt list"
+        )
     return root
 
 
@@ -92,6 +97,41 @@ def walk_error(e: OSError) -> NoReturn:
         f"cannot list the folder {e.filename}: {e.strerror or e}; fix its permissions or "
         "remove it from the dataset"
     )
+
+
+LIST_SUFFIX = ".txt"
+"""A file with this suffix in place of a folder is a list of images (``fastdino curate`` writes
+one): one path per line, relative paths resolved against the list's folder, blank lines and lines
+starting with ``#`` skipped, order kept."""
+
+
+def is_image_list(path: str | Path) -> bool:
+    return str(path).lower().endswith(LIST_SUFFIX)
+
+
+def read_image_list(path: str | Path) -> list[Path]:
+    """The images a ``.txt`` list names; a missing file is a ``DataError`` naming the first few."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the image list {path}: {e}") from None
+    out = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            p = Path(entry).expanduser()
+            out.append(p if p.is_absolute() else path.parent / p)
+    if not out:
+        raise DataError(f"the image list {path} names no images (one path per line)")
+    missing = [p for p in out if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(
+            f"{len(missing)} of the {len(out)} files listed in {path} do not exist ({shown}); "
+            "fix or regenerate the list"
+        )
+    return out
 
 
 DirId = tuple[int, int]
@@ -183,17 +223,22 @@ def walk_image_files(top: str | Path) -> list[Path]:
 
 
 def scan_images(source: str | Path) -> list[Path]:
-    """The unlabelled images of ``source`` (pretraining's ``data.train``, gradcam's folders).
+    """The unlabelled images of ``source`` (pretraining's ``data.train``, gradcam's ``--images``).
 
-    A folder: every image file below it (``walk_image_files``); no image at all is a
-    ``DataError``.
+    A folder: every image file below it (``walk_image_files``). A ``.txt`` file: the images it
+    lists, in its order (``read_image_list``; ``fastdino curate`` writes one). No image at all is
+    a ``DataError``.
     """
     source = Path(source)
     if source.is_dir():
         files = walk_image_files(source)
+    elif source.is_file() and is_image_list(source):
+        return read_image_list(source)
     elif source.exists():
-        # Issue 24 (curate) adds the other input here: a `.txt` file listing image paths.
-        raise DataError(f"data path {source} is not a folder; point it at a folder of images")
+        raise DataError(
+            f"data path {source} is neither a folder of images nor a {LIST_SUFFIX} list of "
+            "image paths; point it at one of those"
+        )
     else:
         raise DataError(f"data folder {source} does not exist")
     if not files:

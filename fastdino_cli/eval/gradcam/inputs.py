@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from fastdino_cli.data.images import read_rgb_or_fail, scan_images
+from fastdino_cli.data.images import is_image_list, read_rgb_or_fail, scan_images
 from fastdino_cli.data.labelled import scan_labelled_folder
 from fastdino_cli.errors import DataError
 from fastdino_cli.eval.features import (
@@ -44,11 +44,7 @@ def list_images(paths: Sequence[str | Path]) -> list[Sample]:
     """
     samples: list[Sample] = []
     for p in map(Path, paths):
-        if p.suffix.lower() == ".txt" and p.is_file():
-            lines = [ln.strip() for ln in p.read_text().splitlines()]
-            listed = [p.parent / ln for ln in lines if ln and not ln.startswith("#")]
-            samples += list_images(listed) if listed else []
-        elif p.is_dir():
+        if p.is_dir() or (p.is_file() and is_image_list(p)):
             samples += [Sample(f) for f in scan_images(p)]  # the pretraining reader's files
         elif p.exists():
             samples.append(Sample(p))
