@@ -29,10 +29,6 @@ the loop's step options: autocast per ``train.precision`` on CUDA (bf16), fused 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,6 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
 from fastdino_cli.curriculum import resolve_stages, stage_starts  # noqa: E402
 from fastdino_cli.data.images import scan_images  # noqa: E402
@@ -160,27 +157,6 @@ def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int
     return syn, tot, wait
 
 
-def hardware(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {
-        "device": device.type,
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-    }
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="demo")
@@ -265,16 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": trainer.precision,
         "compile": cfg.model.compile,
         "activation_checkpointing": cfg.model.activation_checkpointing,
-        "hardware": hardware(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hardware": machine(device),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
     return result
 
 

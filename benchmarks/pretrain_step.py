@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
-import platform
 import resource
 import statistics
 import sys
@@ -36,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
 from fastdino_cli.rundir import METRICS, read_metrics  # noqa: E402
 from fastdino_cli.train.flops import config_image_cost  # noqa: E402
@@ -114,16 +112,6 @@ def add_mfu(cfg: Config, row: dict, peak_tflops: float | None) -> dict:
     return row
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def generated_data(root: Path, n: int) -> str:
     from benchmarks.data_pipeline import make_jpegs
 
@@ -176,17 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "pretrain_step",
         "device": device,
         "peak_bf16_tflops": peak,
-        "cpu": cpu_name(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hardware": machine(device),
         "runs": runs,
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
     return result
 
 
