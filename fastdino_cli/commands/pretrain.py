@@ -24,7 +24,8 @@ from fastdino_cli.train import launch
 
 EXAMPLES = examples(
     "fastdino pretrain --preset demo                    # the curriculum on the demo data, CPU",
-    "fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=/datasets/in1k/train --out runs/b16",
+    "fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=/datasets/in1k/train "
+    "--out runs/b16",
     "fastdino pretrain --out runs/b16 --resume          # continue a run from its config.yaml",
 )
 
@@ -49,7 +50,7 @@ def pretrain_command(
             "--gpus",
             min=1,
             help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
-            "with FSDP2 (several machines: see README 'Scaling out'); with --plan, the GPUs "
+            "with FSDP2 (several machines: see docs/scaling-out.md); with --plan, the GPUs "
             "the totals assume (default 1).",
         ),
     ] = None,
