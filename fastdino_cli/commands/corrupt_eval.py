@@ -7,16 +7,15 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.rundir import CORRUPT_DIR
 
-EXAMPLES = """
-Examples:\n
-  fastdino corrupt-eval runs/x/final.pt --imagenet-c /data/imagenet-c --clean /data/imagenet/val\n
-  fastdino corrupt-eval a.pt b.pt --val /data/in100/val --write-c /data/in100-c --workers 8\n
-  fastdino corrupt-eval final.pt --val DIR --corruptions noise,fog --severities 1,3,5 --examples
-"""
+EXAMPLES = examples(
+    "fastdino corrupt-eval runs/x/final.pt --imagenet-c /data/imagenet-c --clean /data/in1k/val",
+    "fastdino corrupt-eval a.pt b.pt --val /data/in100/val --write-c /data/in100-c --workers 8",
+    "fastdino corrupt-eval final.pt --val DIR --corruptions noise,fog --severities 1,3,5",
+)
 
 
 def corrupt_eval_command(
@@ -83,8 +82,5 @@ def corrupt_eval_command(
         typer.echo(f"{kind}: {path}")
 
 
-corrupt_eval_command.__doc__ = (corrupt_eval_command.__doc__ or "") + EXAMPLES
-
-
 def register(app: typer.Typer) -> None:
-    app.command("corrupt-eval")(corrupt_eval_command)
+    app.command("corrupt-eval", epilog=EXAMPLES)(corrupt_eval_command)

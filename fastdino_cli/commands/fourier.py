@@ -7,17 +7,14 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
 
-EXAMPLES = """
-Examples:
-
-  fastdino fourier-heatmap runs/fast/final.pt runs/base/final.pt --data /datasets/in100/val \\
-      --window 63 --radial --out figs/fourier
-
-  fastdino fourier-heatmap runs/demo/final.pt --data demo-data/val --max-images 50 --out out/f
-"""
+EXAMPLES = examples(
+    "fastdino fourier-heatmap runs/fast/final.pt runs/base/final.pt --data /datasets/in100/val "
+    "--window 63 --radial --out figs/fourier",
+    "fastdino fourier-heatmap runs/demo/final.pt --data demo_out/data/val --max-images 50",
+)
 
 
 def fourier_command(

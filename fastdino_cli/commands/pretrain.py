@@ -15,24 +15,19 @@ from fastdino_cli.commands._common import (
     JsonOpt,
     OverridesArg,
     PresetOpt,
+    examples,
 )
 from fastdino_cli.config import resolve_config
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.rundir import CHECKPOINT
 from fastdino_cli.train import launch
 
-EXAMPLES = """Examples:
-
-  fastdino pretrain --preset demo                          # both curriculum stages, CPU
-
-  fastdino pretrain --preset vitb16-in1k data.train=/datasets/imagenet/train
-
-  fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
-
-  fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=...   # FSDP2 on 8 GPUs
-
-  fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
-"""
+EXAMPLES = examples(
+    "fastdino pretrain --preset demo                    # the curriculum on the demo data, CPU",
+    "fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=/datasets/in1k/train "
+    "--out runs/b16",
+    "fastdino pretrain --out runs/b16 --resume          # continue a run from its config.yaml",
+)
 
 
 def pretrain_command(
@@ -55,7 +50,7 @@ def pretrain_command(
             "--gpus",
             min=1,
             help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
-            "with FSDP2 (several machines: see README 'Scaling out'); with --plan, the GPUs "
+            "with FSDP2 (several machines: see docs/scaling-out.md); with --plan, the GPUs "
             "the totals assume (default 1).",
         ),
     ] = None,

@@ -9,19 +9,17 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.errors import ConfigError
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
-EXAMPLES = """
-Examples:
-
-  fastdino probe runs/demo/final.pt --train demo-data/train --val demo-data/val --baseline-random
-
-  fastdino probe runs/a/final.pt runs/b/final.pt --train IN/train --val IN/val --csv probe.csv
-"""
+EXAMPLES = examples(
+    "fastdino probe runs/demo/final.pt --train demo_out/data/train --val demo_out/data/val",
+    "fastdino probe runs/a/final.pt runs/b/final.pt --train IN/train --val IN/val --csv probe.csv",
+    "fastdino probe runs/x/final.pt --train T --val V --baseline-random --invariance",
+)
 
 
 def _ints(text: str, flag: str) -> list[int]:

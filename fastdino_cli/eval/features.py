@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from fastdino_cli import console
 from fastdino_cli.curriculum import final_global_crops_size
 from fastdino_cli.data.labelled import LabelledFolder
 from fastdino_cli.errors import DataError
@@ -281,26 +281,19 @@ def _write_cache(path: Path, feats: Features) -> None:
         }
         atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as e:
-        print(f"fastdino: warning: feature cache not written ({e})", file=sys.stderr)
+        console.warn(f"feature cache not written ({e})")
 
 
 class _progress:
-    """A rich progress bar on a terminal, silence elsewhere (logs, CI, tests)."""
+    """A transient bar in the house style on a terminal (``console.Bar``), silence elsewhere
+    (logs, CI, tests)."""
 
     def __init__(self, desc: str, total: int) -> None:
-        self.desc, self.total, self.bar = desc, total, None
+        self.bar = console.Bar(desc, total, unit="images", transient=True)
 
     def __enter__(self):
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(console=Console(stderr=True), transient=True)
-            self.bar.start()
-            task = self.bar.add_task(self.desc, total=self.total)
-            return lambda n: self.bar.advance(task, n)
-        return lambda n: None
+        self.bar.start()
+        return self.bar.advance
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdino_cli import console
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.fileio import atomic_write
 
@@ -211,32 +212,10 @@ def _load_state(path: Path, key: str, n_freqs: int):
 
 
 def _progress(enabled: bool, description: str, total: int, completed: int):
-    """A rich progress bar with ETA on a terminal, otherwise None."""
+    """A bar in the house style with ETA on a terminal (``console.Bar``), otherwise None."""
     if not enabled or not sys.stderr.isatty():
         return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("perturbed images"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    bar.start()
-    bar.add_task(description, total=total, completed=completed)
-    return bar
+    return console.Bar(description, total, completed=completed, unit="perturbed images").start()
 
 
 @torch.inference_mode()
@@ -335,7 +314,7 @@ def compute_fourier_heatmap(
             wrong[idx] = counts.cpu().numpy()
             done[idx] = True
             if bar is not None:
-                bar.advance(bar.task_ids[0], len(idx) * m)
+                bar.advance(len(idx) * m)
             if path is not None and time.monotonic() - last_save >= save_interval_s:
                 _save_state(path, key, wrong, done, clean_wrong)
                 last_save = time.monotonic()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdino_cli import console
 from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import CheckpointError, ConfigError, DataError
 from fastdino_cli.eval.gradcam.cam import class_targets, compute_cam, get_method, similarity_targets
@@ -212,9 +213,8 @@ def run_gradcam(
 
     batches = list(range(0, len(samples), batch_size))
     show = sys.stderr.isatty() if progress is None else progress
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(models) * len(samples), desc="grad-cam", unit="img", disable=not show)
+    bar = console.Bar("grad-cam", len(models) * len(samples), unit="images", enabled=show)
+    bar.start()
     columns = []
     try:
         for m, col_name in zip(models, col_names, strict=True):
@@ -263,14 +263,14 @@ def run_gradcam(
                 )
                 explained += what
                 scores += val
-                bar.update(len(batch_s))
+                bar.advance(len(batch_s))
             columns.append(
                 CheckpointMaps(
                     col_name, m.path, np.concatenate(maps), pred, conf, explained, scores
                 )
             )
     finally:
-        bar.close()
+        bar.stop()
     result = GradCamResult(
         samples=samples,
         pixels=pixels.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32),
