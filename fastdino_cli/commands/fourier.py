@@ -64,7 +64,8 @@ def fourier_command(
     ] = False,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     bf16: Annotated[
-        bool, typer.Option("--bf16", help="bfloat16 autocast for the forward passes (CUDA).")
+        bool,
+        typer.Option("--bf16", hidden=True, help="Deprecated: the probe's precision is used."),
     ] = False,
 ) -> None:
     """Fourier error-sensitivity heatmaps (Yin et al. 2019) of one or more checkpoints.
@@ -75,6 +76,12 @@ def fourier_command(
     from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
     from fastdino_cli.figures.fourier import draw_fourier_run
 
+    if bf16:
+        typer.echo(
+            "fastdino: warning: --bf16 is deprecated and ignored: the classifier runs with the "
+            "precision its probe head was trained with",
+            err=True,
+        )
     run = run_fourier_heatmaps(
         checkpoints,
         data,
@@ -88,7 +95,6 @@ def fourier_command(
         batch_size=batch_size,
         radial=radial,
         device=device,
-        bf16=bf16,
     )
     for label, result in zip(run.labels, run.results, strict=True):
         typer.echo(

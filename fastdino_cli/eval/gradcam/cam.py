@@ -51,6 +51,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.eval.features import FP32, Precision
 from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER
 
 
@@ -191,14 +192,24 @@ def _grad_enabled_fp32(model: nn.Module) -> Iterator[None]:
     """Gradients on (even inside no_grad / inference_mode), autocast off, params frozen.
 
     Parameters are frozen during the call so no ``.grad`` is accumulated on the caller's model;
-    the graph comes from the input, which requires grad. Flags and train mode are restored.
+    the graph comes from the input, which requires grad. A probe classifier's precision policy
+    (``features.Precision``: autocast + fp16-rounded features) is set to fp32 for the gradients
+    only; the class a map explains was predicted under the policy (``CamModel.logits``). Flags,
+    policies and train mode are restored.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    policies = [
+        (m, m.precision)
+        for m in model.modules()
+        if isinstance(getattr(m, "precision", None), Precision)
+    ]
     was_training = model.training
     device_type = next(model.parameters()).device.type
     try:
         for p, _ in flags:
             p.requires_grad_(False)
+        for m, _ in policies:
+            m.precision = FP32
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
@@ -208,6 +219,8 @@ def _grad_enabled_fp32(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+        for m, policy in policies:
+            m.precision = policy
         model.train(was_training)
 
 
