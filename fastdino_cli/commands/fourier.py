@@ -99,7 +99,8 @@ def fourier_command(
     for label, result in zip(run.labels, run.results, strict=True):
         typer.echo(
             f"{label}: clean error {result.clean_error:.4f}, mean error over "
-            f"{len(result.freqs)} bases {float(result.per_frequency.mean()):.4f}"
+            f"{len(result.freqs)} bases {float(result.per_frequency.mean()):.4f}; top-5: clean "
+            f"{result.clean_error_top5:.4f}, mean {float(result.per_frequency_top5.mean()):.4f}"
         )
     for path in [*run.files["shared"], *draw_fourier_run(run)]:
         typer.echo(f"wrote {path}")

@@ -245,6 +245,8 @@ def run_fourier_heatmaps(
             "n_bases": int(len(result.freqs)),
             "clean_error": result.clean_error,
             "mean_error": float(np.nanmean(result.error)),
+            "clean_error_top5": result.clean_error_top5,
+            "mean_error_top5": float(np.nanmean(result.error_top5)),
             "axis": [int(a) for a in result.axis],
             "map_layout": "rows = vertical frequency, columns = horizontal, DC at the centre",
             "batch_size": batch_size,
@@ -263,7 +265,14 @@ def run_fourier_heatmaps(
         "window": window,
         "seed": seed,
         "checkpoints": [
-            {"label": lab, "checkpoint": str(p), "clean_error": r.clean_error}
+            {
+                "label": lab,
+                "checkpoint": str(p),
+                "clean_error": r.clean_error,
+                "mean_error": float(np.nanmean(r.error)),
+                "clean_error_top5": r.clean_error_top5,
+                "mean_error_top5": float(np.nanmean(r.error_top5)),
+            }
             for lab, p, r in zip(labels, paths, run.results, strict=True)
         ],
     }
