@@ -4,7 +4,9 @@ The package was written for CNNs; on a DINOv2-style ViT several things fail sile
 unless they are handled here (``reference/eval_anchors.md`` §C):
 
 - the target layer is the last block's *first* norm (``blocks.-1.norm1``): ``norm2`` and the
-  attention output give all-zero maps;
+  attention output give all-zero maps. A probe head that reads the CLS of the last 4 blocks
+  depends on the first norms of those 4 blocks: several target layers can be given, and the
+  package min-max scales each layer's map and averages them (``spec.target_layers``);
 - the token sequence is ``[CLS, registers..., patches...]``: the reshape drops ``1 + R`` tokens
   and folds the rest into the real patch grid ``(H // patch, W // patch)`` of *this* input (the
   package's own ViT reshape drops one token and assumes a square 14x14 grid);
@@ -242,7 +244,7 @@ def compute_cam(
     *,
     backbone: nn.Module,
     method: str = "gradcam",
-    target_layer: str = DEFAULT_TARGET_LAYER,
+    target_layer: str | Sequence[str] = DEFAULT_TARGET_LAYER,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     score_batch_size: int = 32,
@@ -258,7 +260,9 @@ def compute_cam(
             (argmax of the output) is meaningless on an embedding.
         backbone: the ViT inside ``model``: ``patch_size``, ``num_register_tokens`` and the
             target layer are read from it.
-        target_layer: dotted path below ``backbone`` (default the last block's ``norm1``).
+        target_layer: dotted path below ``backbone`` (default the last block's ``norm1``), or
+            several: the package computes a map per layer, min-max scales each, and returns
+            the min-max scaled mean of those maps.
     """
     spec = get_method(method)
     if spec.uses_targets and targets is None:
@@ -267,7 +271,10 @@ def compute_cam(
         raise ValueError(f"{len(targets)} targets for {inputs.shape[0]} images")
     model = prepare_for_cam(model)
     backbone = uncompile(backbone)
-    layer = resolve_module(backbone, target_layer)
+    names = [target_layer] if isinstance(target_layer, str) else list(target_layer)
+    if not names:
+        raise ConfigError("no target layer given")
+    layers = [resolve_module(backbone, name) for name in names]
     patch = int(backbone.patch_size)
     h, w = int(inputs.shape[-2]), int(inputs.shape[-1])
     if h % patch or w % patch:
@@ -285,7 +292,7 @@ def compute_cam(
     with _grad_enabled_fp32(model), _quiet_inner_progress():
         # the copy is made here, outside any caller's inference_mode, so autograd can use it
         x = inputs.detach().to(device, torch.float32).clone().requires_grad_(True)
-        cam = spec.cls(model, target_layers=[layer], reshape_transform=reshape, **kwargs)
+        cam = spec.cls(model, target_layers=layers, reshape_transform=reshape, **kwargs)
         if spec.cls is ScoreCAM:
             cam.batch_size = score_batch_size
         try:
