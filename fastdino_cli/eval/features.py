@@ -10,6 +10,11 @@ The eval transform is Resize(shorter side = ``resize_size``, bicubic) -> CenterC
 -> ToTensor -> Normalize. By default the crop is the checkpoint's final-stage global crop size
 (the resolution the backbone finished training at) and resize = crop * 256 / 224.
 
+Precision (``Precision``, ``precision_for``): on CUDA the backbone runs under bf16 autocast (fp16
+where bf16 is unsupported) and features are stored in fp16; on CPU everything is fp32. The
+policy is recorded with every probe head and re-applied by ``classifier.ProbeClassifier``, the
+one classifier of ``corrupt-eval``, ``fourier-heatmap`` and ``gradcam``.
+
 Extraction is slow on real datasets, so features are cached under ``$FASTDINO_CACHE/features``
 (default ``~/.cache/fastdino/features``) keyed by a hash of the backbone weights and
 architecture, the data (file list, sizes, modification times), the transform and the number of

@@ -115,6 +115,34 @@ def center_crop_pil(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
+def resolve_transform(model, mode: str) -> PilTransform:
+    """PIL -> HxWx3 uint8 crop for ``model``: its own eval transform, or a centre crop."""
+    size = int(getattr(model, "image_size", 224))
+    if mode == "crop":
+        return _CenterCrop(size)
+    if hasattr(model, "preprocess"):
+        return _ModelPreprocess(model.preprocess)
+    raise DataError(
+        f"model {type(model).__name__} has no preprocess(); it cannot crop clean images itself"
+    )
+
+
+@dataclass(frozen=True)
+class _CenterCrop:
+    size: int
+
+    def __call__(self, img) -> np.ndarray:
+        return center_crop_pil(img, self.size)
+
+
+@dataclass(frozen=True)
+class _ModelPreprocess:
+    preprocess: Callable
+
+    def __call__(self, img) -> np.ndarray:
+        return tensor_to_uint8(self.preprocess(img))
+
+
 def tensor_to_uint8(x01: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 1] -> HxWx3 uint8 (exact for tensors made from uint8 images)."""
     return (x01.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

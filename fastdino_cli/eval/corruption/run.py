@@ -26,8 +26,7 @@ can call :func:`evaluate_classifiers` with any model exposing ``class_names`` an
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +40,9 @@ from fastdino_cli.eval.corruption.data import (
     FileSet,
     Sample,
     Task,
-    center_crop_pil,
     find_imagenet_c,
     list_labelled_images,
-    tensor_to_uint8,
+    resolve_transform,
     worker_init,
 )
 from fastdino_cli.eval.corruption.metrics import (
@@ -57,34 +55,6 @@ from fastdino_cli.eval.corruption.registry import ALL, BENCHMARK, EXTRA, group_o
 from fastdino_cli.eval.corruption.registry import parse_severities as _parse_severities
 from fastdino_cli.eval.corruption.result import RELEASED, CorruptEvalResult, write_results
 from fastdino_cli.eval.outputs import check_output_dir
-
-
-def _resolve_transform(model, mode: str) -> Callable:
-    """PIL -> HxWx3 uint8 crop for ``model``: its own eval transform, or a centre crop."""
-    size = int(getattr(model, "image_size", 224))
-    if mode == "crop":
-        return _CenterCrop(size)
-    if hasattr(model, "preprocess"):
-        return _ModelPreprocess(model.preprocess)
-    raise DataError(
-        f"model {type(model).__name__} has no preprocess(); it cannot crop clean images itself"
-    )
-
-
-@dataclass(frozen=True)
-class _CenterCrop:
-    size: int
-
-    def __call__(self, img) -> np.ndarray:
-        return center_crop_pil(img, self.size)
-
-
-@dataclass(frozen=True)
-class _ModelPreprocess:
-    preprocess: Callable
-
-    def __call__(self, img) -> np.ndarray:
-        return tensor_to_uint8(self.preprocess(img))
 
 
 def _label_map(model_classes: list[str], data_classes: list[str], labels: dict[str, str], where):
@@ -176,7 +146,7 @@ def evaluate_classifiers(
         samples = list_labelled_images(val, max_per_class)
         tasks = [Task(CLEAN, 0)] + [Task(c, s) for c in names for s in levels]
         for g, group in enumerate(_group_by_transform(models, crop_only=False)):
-            transform = _resolve_transform(models[group[0]], "model")
+            transform = resolve_transform(models[group[0]], "model")
             data_classes = [s.class_name for s in samples]
             maps = {n: _label_map(models[n].class_names, data_classes, {}, val) for n in group}
             labels = list(range(len(samples)))
@@ -202,8 +172,8 @@ def evaluate_classifiers(
         # Resize 256 -> CenterCrop 224); so with --clean, models share a pass only when their
         # eval transforms agree too
         for group in _group_by_transform(models, crop_only=not resize_c and clean is None):
-            transform = _resolve_transform(models[group[0]], mode)
-            clean_transform = _resolve_transform(models[group[0]], "model") if clean else None
+            transform = resolve_transform(models[group[0]], mode)
+            clean_transform = resolve_transform(models[group[0]], "model") if clean else None
             items, maps = _file_items(sets, models, group, labels_txt, imagenet_c)
             per_task = {0: clean_transform} if clean_transform is not None else {}
             ds = FileSet(items, transform, per_task)
