@@ -44,8 +44,15 @@ def corrupt_eval_command(
         int | None, typer.Option(min=1, help="Use at most N images per class.")
     ] = None,
     resize_c: Annotated[
-        bool, typer.Option(help="--imagenet-c: use the probe's resize + crop, not a crop only.")
+        bool,
+        typer.Option(
+            help="--imagenet-c: the probe's resize + crop, not a crop only (FastDINOv2's way)."
+        ),
     ] = False,
+    jpeg: Annotated[
+        bool,
+        typer.Option(help="--val: JPEG q85 round trip after corrupting, as the released files."),
+    ] = True,
     out: Annotated[Path, typer.Option("--out", help="Folder for CSV, JSON and figures.")] = Path(
         CORRUPT_DIR
     ),
@@ -71,7 +78,8 @@ def corrupt_eval_command(
     result = run_corrupt_eval(
         checkpoints, imagenet_c=imagenet_c, val=val, clean=clean, write_c=write_c,
         corruptions=corruptions, severities=severities, seed=seed, batch_size=batch_size,
-        workers=workers, device=device, max_per_class=max_per_class, resize_c=resize_c, out=out,
+        workers=workers, device=device, max_per_class=max_per_class, resize_c=resize_c,
+        jpeg=jpeg, out=out,
     )  # fmt: skip
     drawn = draw_corrupt_eval(
         result, out, bars=figures, examples=examples, example_image=example_image,

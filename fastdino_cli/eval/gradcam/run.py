@@ -32,7 +32,12 @@ from fastdino_cli.eval.gradcam.inputs import (
     sized_transform,
 )
 from fastdino_cli.eval.gradcam.result import CheckpointMaps, GradCamResult, write_gradcam
-from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER, TargetSpec, parse_target
+from fastdino_cli.eval.gradcam.spec import (
+    DEFAULT_TARGET_LAYER,
+    TargetSpec,
+    parse_target,
+    target_layers,
+)
 from fastdino_cli.eval.outputs import check_output_dir
 
 
@@ -113,6 +118,21 @@ def _batch_targets(
     return similarity_targets(concepts, "cosine"), [f"prototype {n}" for n in names], cos
 
 
+def _layers_for(model: CamModel, text: str, explains_probe: bool) -> list[str]:
+    """The target layers of one checkpoint, with a one-line caveat when a probe head reads
+    more blocks than the maps look at."""
+    n = getattr(model.classifier, "n_last_blocks", None) if model.classifier is not None else None
+    layers = target_layers(text, n)
+    if explains_probe and n and n > 1 and len(layers) < n:
+        print(
+            f"fastdino: note: the probe head of {model.path or model.name} reads the CLS of its "
+            f"last {n} blocks; the map looks at {', '.join(layers)} only (--layer probe "
+            f"averages over the {n} blocks)",
+            file=sys.stderr,
+        )
+    return layers
+
+
 def run_gradcam(
     checkpoints: Sequence[str | Path | CamModel],
     *,
@@ -140,7 +160,8 @@ def run_gradcam(
     labelled folder ``data``. ``target``: see ``spec.TARGET_HELP``; ``prototype`` targets use class
     means over ``prototype_data`` (default ``data``). ``out`` receives ``gradcam.json`` and
     ``maps/<checkpoint>/<NNN>_<image>.npy`` (``result.py``); the grid figure is drawn from the
-    result by ``draw_gradcam`` of the drawing package.
+    result by ``draw_gradcam`` of the drawing package. ``target_layer``: one dotted path,
+    several comma-separated (their maps are averaged) or ``probe`` (``spec.target_layers``).
     """
     if not checkpoints:
         raise ConfigError("give at least one checkpoint")
@@ -230,6 +251,7 @@ def run_gradcam(
                 if proto_classes
                 else {}
             )
+            layers = _layers_for(m, target_layer, needs_probe)
             maps, pred, conf, explained, scores = [], [], [], [], []
             for i in batches:
                 batch_s = samples[i : i + batch_size]
@@ -256,7 +278,7 @@ def run_gradcam(
                         targets,
                         backbone=m.backbone,
                         method=method,
-                        target_layer=target_layer,
+                        target_layer=layers,
                         aug_smooth=aug_smooth,
                         eigen_smooth=eigen_smooth,
                     )
@@ -266,7 +288,7 @@ def run_gradcam(
                 bar.advance(len(batch_s))
             columns.append(
                 CheckpointMaps(
-                    col_name, m.path, np.concatenate(maps), pred, conf, explained, scores
+                    col_name, m.path, np.concatenate(maps), pred, conf, explained, scores, layers
                 )
             )
     finally:
