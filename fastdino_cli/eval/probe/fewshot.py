@@ -11,7 +11,8 @@ the first ``s`` are kept. With ``--seed 0`` try ``t`` is exactly DINOv2's try ``
 every shot count of one try reads the same permutations, the 1-shot subset of a try is inside
 its 2-shot subset, and so on.
 
-kNN on a subset is the full protocol (``knn.py``, k capped at the subset size). The linear head
+kNN on a subset is the full protocol (``knn.py``); a k larger than the subset is not reported
+for that shot count (rather than silently capped to another k). The linear head
 cannot be chosen on a held-out split of one image per class, so each few-shot head is the head
 chosen on the full train's held-out split (its blocks, avgpool and lr: val is never seen)
 trained from scratch on the subset with that head's own schedule: the same number of SGD steps
@@ -137,6 +138,7 @@ def few_shot(
     ``head_steps``: SGD steps of the chosen head (its epochs over the fit split).
     """
     num_classes = len(train.class_names)
+    requested = {int(k) for k in ks}
     results = []
     for s in check_shots(shots, tries):
         res = FewShotResult(shots=s)
@@ -152,6 +154,8 @@ def few_shot(
                 steps=head_steps, seed=seed + t, device=device,
             )  # fmt: skip
             lin = score_head(weight, bias, head, val)
+            # a k above the subset size is left out (kNN would cap it to a smaller k)
+            knn = [r for r in knn if r.k in requested]
             for r in knn:
                 r.predictions = None  # per-sample predictions are kept for the full probe only
             res.tries.append(
