@@ -153,7 +153,7 @@ def few_shot(
                 sub, head, num_classes=num_classes, batch_size=batch_size,
                 steps=head_steps, seed=seed + t, device=device,
             )  # fmt: skip
-            lin = score_head(weight, bias, head, val)
+            lin = score_head(weight, bias, head, val, device=device)
             # a k above the subset size is left out (kNN would cap it to a smaller k)
             knn = [r for r in knn if r.k in requested]
             for r in knn:

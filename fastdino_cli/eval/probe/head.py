@@ -51,9 +51,13 @@ def score_head(
     spec: HeadSpec,
     feats: Features,
     class_mask: Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> HeadScore:
     """Top-1 / top-5 (%) of the head on ``feats``; with ``class_mask`` (bool, one per class)
-    the logits of the other classes are dropped before the argmax (ImageNet-A/-R style)."""
+    the logits of the other classes are dropped before the argmax (ImageNet-A/-R style).
+    ``device``: where the matmuls run (default: where ``weight`` is)."""
+    if device is not None:
+        weight, bias = weight.to(device), bias.to(device)
     logits = head_logits(weight, bias, spec, feats)
     if class_mask is not None:
         logits[:, ~class_mask.cpu().bool()] = float("-inf")

@@ -89,7 +89,7 @@ def run_probe(
     seed: int = 0,
     csv: str | Path | None = None,
     shots: Sequence[int] = (),
-    tries: int = 1,
+    tries: int = 5,
     tests: Sequence[str | Path] = (),
     refit: bool = False,
     top_confusions_n: int = 10,
@@ -211,7 +211,7 @@ def _probe_one(
     extract_batch_size: int,
     seed: int,
     shots: Sequence[int] = (),
-    tries: int = 1,
+    tries: int = 5,
     test_folders: Sequence[tuple[str, LabelledFolder, torch.Tensor, torch.Tensor]] = (),
     refit: bool = False,
     top_confusions_n: int = 10,
@@ -251,7 +251,7 @@ def _probe_one(
         linear=lin,
         features_cached=tr.cached and va.cached,
     )
-    chosen = score_head(lin.weight, lin.bias, lin.spec, va)
+    chosen = score_head(lin.weight, lin.bias, lin.spec, va, device=device)
     row.per_class = _per_class(chosen.predictions, knn, va)
     row.confusions = top_confusions(chosen.predictions, va.labels, va.class_names, top_confusions_n)
     num_classes = len(tr.class_names)
@@ -261,7 +261,7 @@ def _probe_one(
             tr, lin.spec, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
             seed=seed, device=device,
         )  # fmt: skip
-        score = score_head(*refit_head, lin.spec, va)
+        score = score_head(*refit_head, lin.spec, va, device=device)
         row.refit = {"top1": score.top1, "top5": score.top5, "num_fit": len(tr),
                      "head": lin.spec.label(), "epochs": epochs}  # fmt: skip
         row.refit_head = refit_head
@@ -301,11 +301,11 @@ def _score_subset(label, te: Features, mask, tr: Features, lin, refit_head, ks, 
     )  # fmt: skip
     for r in knn:
         r.predictions = None
-    restricted = score_head(lin.weight, lin.bias, lin.spec, te, class_mask=mask)
-    unrestricted = score_head(lin.weight, lin.bias, lin.spec, te)
+    restricted = score_head(lin.weight, lin.bias, lin.spec, te, mask, device)
+    unrestricted = score_head(lin.weight, lin.bias, lin.spec, te, device=device)
     refit_top1 = None
     if refit_head is not None:
-        refit_top1 = score_head(*refit_head, lin.spec, te, class_mask=mask).top1
+        refit_top1 = score_head(*refit_head, lin.spec, te, mask, device).top1
     return SubsetResult(
         folder=label, num_images=len(te), num_classes=int(mask.sum()), knn=knn,
         linear_top1=restricted.top1, linear_top5=restricted.top5,
