@@ -243,3 +243,6 @@ def test_subset_mapping_by_folder_name_and_unknown_class_error(tmp_path):
     msg = str(err.value)
     assert "'zebra' is not among the 4 classes of --train" in msg and str(tmp_path / "r") in msg
     assert "\n" not in msg
+    worse = LabelledFolder(tmp_path / "r", ["ant", "n02", "zebra"], [], [])
+    with pytest.raises(DataError, match="classes 'ant', 'zebra' are not among the 4 classes"):
+        subset_mapping(train_classes, worse)

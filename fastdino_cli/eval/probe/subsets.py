@@ -31,8 +31,9 @@ def subset_mapping(
     unknown = [name for name in test.class_names if name not in index]
     if unknown:
         shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        which = f"class {shown} is" if len(unknown) == 1 else f"classes {shown} are"
         raise DataError(
-            f"{what} folder {test.root}: class {shown} is not among the {len(train_classes)} "
+            f"{what} folder {test.root}: {which} not among the {len(train_classes)} "
             "classes of --train; a test folder may only hold training classes (matched by "
             "folder name)"
         )
