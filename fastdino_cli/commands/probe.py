@@ -106,6 +106,7 @@ _Test = Annotated[
     list[Path] | None,
     typer.Option(
         "--test",
+        metavar="DIR",
         help="Extra labelled folder with a subset of the classes (ImageNet-A/-R); repeatable.",
     ),
 ]
