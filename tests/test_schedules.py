@@ -204,7 +204,7 @@ def test_paper_presets_reproduce_the_curriculum_recipe():
     cfg = resolve_config("vitb16-in1k")
     total = cfg.total_iterations
     assert total == 200 * 2500
-    segs = segments(cfg.curriculum, total, cfg.train.epoch_length)
+    segs = segments(cfg.curriculum, total, cfg.iterations_per_epoch)
     assert [(s.start_step, s.length) for s in segs] == [(0, 500000), (375000, 125000)]
     assert stage_at_step(cfg.curriculum, 374999, total).global_crops_size == 112
     assert stage_at_step(cfg.curriculum, 375000, total).noise_patching.max_sigma == 0.2

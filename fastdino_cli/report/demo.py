@@ -291,7 +291,7 @@ def run_demo(
 
     items.append((Step("demo data", lambda: False, build_data, f"fastdino data demo {data}"), None))
     for preset, run_dir in zip(RUNS.values(), run_dirs, strict=True):
-        length = max(1, round(resolve_config(preset).train.epoch_length * steps_scale))
+        length = max(1, round(resolve_config(preset).iterations_per_epoch * steps_scale))
         ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
         ovr += list(overrides)
         step = pretrain_step(preset, run_dir, ovr)
