@@ -271,11 +271,16 @@ def test_a_checkpoint_with_the_old_per_gpu_keys_resumes(tmp_path, demo_data, one
     stored["train"].pop("global_batch"), stored["train"].pop("epoch_images")
     stored.pop("paper")
     (out / rd.CONFIG).write_text(yaml.safe_dump(stored))
-    # the same run stated the new way: a global batch of 4 (1 process) and 8 images per epoch
+    # the same run stated the new way: a global batch of 4 (1 process) and 8 images per epoch,
+    # against a (made-up) paper recipe of 8 per step: the run's config.yaml says it departs
     new_keys = ["train.global_batch=4", "train.epoch_images=8"]
-    res = pretrain(tiny(out, demo_data.train, extra=new_keys), progress=False)
+    paper = "paper={recipe: a tiny recipe, global_batch: 8, epoch_images: 8}"
+    res = pretrain(tiny(out, demo_data.train, extra=[*new_keys, paper]), progress=False)
     assert res.resumed_from == 3 and res.stopped == "finished"
-    assert "global_batch: 4" in (out / rd.CONFIG).read_text()
+    written = (out / rd.CONFIG).read_text()
+    assert written.startswith("# paper: this run departs from the recipe of a tiny recipe:\n")
+    assert "# paper: - global batch 4 (train.global_batch=4), the paper's is 8" in written
+    assert load_config_yaml(written).train.global_batch == 4
     pretrain(tiny(ref, demo_data.train), progress=False)
     a = ckpt_io.load(out / rd.FINAL)["teacher"]
     b = ckpt_io.load(ref / rd.FINAL)["teacher"]
