@@ -22,7 +22,7 @@ the loop's step options: autocast per ``train.precision`` on CUDA (bf16), fused 
 ``model.compile`` and ``model.activation_checkpointing``. Example::
 
     python benchmarks/curriculum_speed.py --preset demo
-    python benchmarks/curriculum_speed.py --preset vits16-in100 train.batch_size_per_gpu=4 \\
+    python benchmarks/curriculum_speed.py --preset vits16-in100 train.global_batch=4 \\
         --steps 3 --out benchmarks/results/curriculum_speed_cpu_vits16.json
 """
 
@@ -109,7 +109,7 @@ def synthetic_batch(cfg: Config, step: int, global_size: int, local_size: int):
             0,
             -1.0,
         )
-        for _ in range(cfg.train.batch_size_per_gpu)
+        for _ in range(cfg.batch(1).per_device)
     ]
     batch = MultiCropCollate(
         patch_size=cfg.model.patch_size,
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "step_s_with_loader": round(statistics.median(tot), 4),
                     "loader_wait_s": round(statistics.median(wait), 4),
                     "achieved_gflops_per_s": round(
-                        sp.gflops_per_image * cfg.train.batch_size_per_gpu / step_s, 2
+                        sp.gflops_per_image * cfg.batch(1).per_device / step_s, 2
                     ),
                 }
             )
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": args.preset,
         "overrides": args.overrides,
         "arch": f"{cfg.model.arch}/{cfg.model.patch_size}",
-        "batch_size": cfg.train.batch_size_per_gpu,
+        "batch_size": cfg.batch(1).per_device,
         "local_crops_number": cfg.crops.local_crops_number,
         "loader_workers": cfg.data.num_workers,
         "images": f"{len(files)} files" + ("" if args.images else f" generated {args.image_size}"),

@@ -75,7 +75,7 @@ def run_once(preset: str, overrides: list[str], steps: int, warmup: int) -> tupl
             pretrain(cfg, progress=False)
         rows = read_metrics(Path(tmp) / "run" / METRICS)
     rows = [r for r in rows if r["step"] >= warmup]
-    gb = cfg.train.batch_size_per_gpu
+    gb = cfg.batch(1).global_batch
     step_s = statistics.median(gb / r["images_per_s"] for r in rows)
     wait = statistics.median(r["data_wait"] for r in rows)
     out = {
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--arch", nargs="+", choices=sorted(ARCH_PRESETS), default=None)
     ap.add_argument("--size", nargs="+", type=int, default=None, help="global crop sizes")
-    ap.add_argument("--batch", type=int, default=None, help="train.batch_size_per_gpu")
+    ap.add_argument("--batch", type=int, default=None, help="train.global_batch (one process)")
     ap.add_argument("--workers", type=int, default=None, help="data.num_workers")
     ap.add_argument("--data", default=None, help="image folder (default: generated JPEGs)")
     ap.add_argument("--images", type=int, default=256, help="generated JPEGs")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = args.peak_tflops or (device_peak_tflops(device) if device != "cpu" else None)
     common = list(args.overrides)
     if args.batch:
-        common.append(f"train.batch_size_per_gpu={args.batch}")
+        common.append(f"train.global_batch={args.batch}")
     if args.workers is not None:
         common.append(f"data.num_workers={args.workers}")
     runs = []

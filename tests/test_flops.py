@@ -163,6 +163,12 @@ def test_plan_totals_and_gpus_and_max_steps():
     one, four = plan_run(cfg).run, plan_run(cfg, gpus=4).run
     assert sum(s.steps for s in one.stages) == cfg.total_iterations == 500
     assert [s.steps for s in one.stages] == [375, 125]
+    # demo states a global batch of 64: 16 per GPU on 4 GPUs, the same run
+    assert four.global_batch == one.global_batch == 64 and four.batch_size_per_gpu == 16
+    assert four.pflops == pytest.approx(one.pflops)
+    # a per-GPU batch instead: the global batch, and the run, grow with the GPUs
+    cfg = resolve_config("demo", overrides=["train.batch_size_per_gpu=64"])
+    one, four = plan_run(cfg).run, plan_run(cfg, gpus=4).run
     assert four.global_batch == 4 * one.global_batch == 256
     for s in four.stages:
         assert s.images == s.steps * 256

@@ -51,7 +51,7 @@ def pretrain_command(
             min=1,
             help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
             "with FSDP2 (several machines: see docs/scaling-out.md); with --plan, the GPUs "
-            "the totals assume (default 1).",
+            "the per-GPU batch is planned for (default 1).",
         ),
     ] = None,
     overrides: OverridesArg = None,
@@ -77,6 +77,7 @@ def pretrain_command(
         _plan(cfg, plan, compare, as_json, gpus)
         return
     if gpus is not None and gpus > 1 and not launch.already_launched():
+        cfg.batch(gpus)  # an indivisible global batch: one line before any process starts
         args = _pretrain_args(preset, config, out, resume, force_config, overrides)
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
         return
@@ -168,12 +169,9 @@ def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list
 
 
 def _overlay(data: dict, items: list[str]):
-    from fastdino_cli.config import apply_override, parse_override, validate_config
+    from fastdino_cli.config import apply_overrides, validate_config
 
-    for item in items:
-        key, value = parse_override(item)
-        data = apply_override(data, key, value)
-    return validate_config(data)
+    return validate_config(apply_overrides(data, items))
 
 
 def register(app: typer.Typer) -> None:

@@ -77,7 +77,10 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
         last = _last_metrics(run_dir)
         finished = (run_dir / rd.FINAL).is_file() and int(last.get("step", -1)) + 1 >= total
         if finished:  # never reuse a run trained with another config (e.g. an older preset)
-            old = rd.read_stored_config(run_dir) or {}
+            from fastdino_cli.config import restate_stored_run
+
+            old = rd.read_stored_config(run_dir) or {}  # the demo trains in one process
+            old = restate_stored_run(old, 1, cfg, 1)  # per-GPU keys of older runs
             rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
         return finished
 
@@ -275,7 +278,7 @@ def run_demo(
 
     items.append((Step("demo data", lambda: False, build_data, f"fastdino data demo {data}"), None))
     for preset, run_dir in zip(RUNS.values(), run_dirs, strict=True):
-        length = max(1, round(resolve_config(preset).train.epoch_length * steps_scale))
+        length = max(1, round(resolve_config(preset).iterations_per_epoch * steps_scale))
         ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
         ovr += list(overrides)
         step = pretrain_step(preset, run_dir, ovr)
