@@ -7,6 +7,13 @@ from typing import Annotated
 
 import typer
 
+from fastdino_cli.commands._common import examples
+
+EXAMPLES = examples(
+    "fastdino demo --out demo_out",
+    "fastdino demo --out demo_out --seeds 3  # 2 more seeds per recipe; report with 95% intervals",
+)
+
 
 def demo_command(
     out: Annotated[
@@ -22,14 +29,22 @@ def demo_command(
             "--steps-scale", min=0.0, help="Multiply the training length (1.0: 500 steps)."
         ),
     ] = 1.0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            min=1,
+            help="Seeds of each recipe (runs/<name>-seed<N>); >1: the report shows intervals.",
+        ),
+    ] = 1,
 ) -> None:
     """Train the FastDINOv2 curriculum and the DINOv2 baseline on the demo data, evaluate both,
     and write one report (re-running reuses every finished step)."""
     from fastdino_cli.report.demo import run_demo
 
-    path = run_demo(out, full=full, steps_scale=steps_scale)
+    path = run_demo(out, full=full, steps_scale=steps_scale, seeds=seeds)
     typer.echo(f"report: {path}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", epilog="Example: fastdino demo --out demo_out")(demo_command)
+    app.command("demo", epilog=EXAMPLES)(demo_command)
