@@ -137,6 +137,24 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys, monkeypatch):
     ran = sorted(k for k, v in third.items() if v["status"] == "ran" and k != "demo data")
     assert ran == ["corrupt-eval dinov2", "corrupt-eval fastdinov2"]
 
+    # --seeds 2: the seed-0 runs are reused, only the seed-1 runs train and are evaluated, and
+    # the report groups them into two recipes with intervals and a paired difference
+    path = run_demo(out, steps_scale=0.02, seeds=2, **{**kwargs, "settings": more})
+    fourth = json.loads((out / "demo_timings.json").read_text())["steps"]
+    ran = sorted(k for k, v in fourth.items() if v["status"] == "ran" and k != "demo data")
+    evals = ("probe", "corrupt-eval", "fourier-heatmap", "gradcam")
+    expected = [f"{step} {name}-seed1" for step in evals for name in RUNS]
+    assert ran == sorted([*expected, "pretrain demo seed 1", "pretrain demo-dinov2 seed 1"])
+    assert (out / "runs" / "dinov2" / "final.pt").stat().st_mtime == ckpt_mtime
+    seeded = pd.read_csv(path.parent / "recipes.csv")
+    assert set(seeded["recipe"]) == set(RUNS) and (seeded["n"] == 2).all()
+    diff = pd.read_csv(path.parent / "differences.csv")
+    assert diff["paired"].all() and set(diff["recipe"]) == {"fastdinov2"}
+    md = path.read_text()
+    assert "## Recipes over seeds" in md and "## Differences to `dinov2`" in md
+    runs = pd.read_csv(path.parent / "runs.csv")
+    assert list(runs["run"]) == ["dinov2", "dinov2-seed1", "fastdinov2", "fastdinov2-seed1"]
+
 
 def test_demo_cli_forwards_options(monkeypatch, tmp_path):
     import fastdino_cli.report.demo as demo_mod
