@@ -266,3 +266,14 @@ def test_unpaired_when_seeds_do_not_match(seeded, tmp_path):
     assert "- `fast`: preset `demo`, 1 run(s): `fast-seed2` (seed 2, unfinished: 10/20 steps)" in md
     rec = report.tables["recipes"].set_index(["recipe", "metric"])
     assert rec.loc[("fast", "knn20"), "n"] == 1 and math.isnan(rec.loc[("fast", "knn20"), "std"])
+
+
+def test_report_cli_names_the_recipes(seeded, tmp_path):
+    from typer.testing import CliRunner
+
+    from fastdino_cli.cli import app
+
+    args = ["report", *map(str, seeded), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "recipes, with 95% intervals over seeds: dinov2 (3 runs), fast (3 runs)" in result.output
