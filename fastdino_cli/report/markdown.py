@@ -43,4 +43,5 @@ def fmt_interval(low, high, digits: int = 1, signed: bool = False) -> str:
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return ""
     sign = "+" if signed else ""
+    low, high = round(low, digits) + 0.0, round(high, digits) + 0.0  # no "-0.0"
     return f"[{low:{sign},.{digits}f}, {high:{sign},.{digits}f}]"

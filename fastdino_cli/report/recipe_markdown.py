@@ -40,6 +40,7 @@ def _num(x: float, metric: str, signed: bool = False) -> str:
         sign = ("-" if x < 0 else "+") if signed else ""
         return "0" if x == 0 else sign + fmt_flops(abs(x))
     sign = "+" if signed else ""
+    x = round(x, _digits(metric)) + 0.0  # no "-0.0"
     return f"{x:{sign},.{_digits(metric)}f}"
 
 
