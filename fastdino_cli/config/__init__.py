@@ -20,6 +20,7 @@ The package, one concept per module (import from ``fastdino_cli.config``, not th
     objective.py  dino.*, ibot.*, heads, train.centering.*, teacher.*
     optim.py      optim.*                      stages.py   curriculum.*
     run.py        train.*, distributed.*       schema.py   Config: the root, cross-section checks
+    distill.py    distill.* (frozen-teacher distillation)
     yamlio.py     YAML from users: alias bombs refused, one-line errors
     overrides.py  key=value, validation, did-you-mean
     presets.py    the registry (extends:), resolve_config, YAML round trip
@@ -28,6 +29,7 @@ The package, one concept per module (import from ``fastdino_cli.config``, not th
 """
 
 from fastdino_cli.config.base import Section
+from fastdino_cli.config.distill import DistillConfig
 from fastdino_cli.config.inputs import CropsConfig, DataConfig
 from fastdino_cli.config.model import ARCH_NAMES, ModelConfig
 from fastdino_cli.config.objective import (
@@ -70,6 +72,7 @@ __all__ = [
     "CurriculumConfig",
     "DataConfig",
     "DinoConfig",
+    "DistillConfig",
     "DistributedConfig",
     "HeadConfig",
     "IbotConfig",

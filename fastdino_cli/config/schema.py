@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import model_validator
 
 from fastdino_cli.config.base import Section
+from fastdino_cli.config.distill import DistillConfig
 from fastdino_cli.config.inputs import CropsConfig, DataConfig
 from fastdino_cli.config.model import ModelConfig
 from fastdino_cli.config.objective import DinoConfig, IbotConfig, TeacherConfig
@@ -51,6 +52,8 @@ class Config(Section):
     nets."""
     distributed: DistributedConfig = DistributedConfig()
     """Sharding across processes with FSDP2; ignored in a single process."""
+    distill: DistillConfig = DistillConfig()
+    """Distillation from a frozen teacher checkpoint (``distill.teacher``); off by default."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
