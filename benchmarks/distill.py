@@ -70,11 +70,32 @@ def _probe(ckpt: Path, epochs: int) -> dict[str, float]:
     return {k: row[k] for k in ("knn10", "knn20", "linear", "heldout")}
 
 
+def _shorter_schedule(epochs: float | None) -> list[str]:
+    """Overrides that compress demo-distill's schedules to ``epochs`` (same shape)."""
+    if epochs is None:
+        return []
+    cfg = resolve_config("demo-distill")
+    f = epochs / cfg.optim.epochs
+    return [
+        f"optim.epochs={epochs}",
+        f"optim.warmup_epochs={cfg.optim.warmup_epochs * f:g}",
+        f"optim.freeze_last_layer_epochs={cfg.optim.freeze_last_layer_epochs * f:g}",
+        f"teacher.warmup_temp_epochs={cfg.teacher.warmup_temp_epochs * f:g}",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", type=Path, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=None, help="train.max_steps (default: all)")
+    ap.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="a shorter schedule of the same shape: optim.epochs and every epoch-valued "
+        "warmup scaled together (default: the preset's)",
+    )
     ap.add_argument("--probe-epochs", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("/tmp/distill_bench"))
     ap.add_argument("--json", type=Path, default=None)
@@ -86,6 +107,7 @@ def main() -> None:
         teacher, teacher_train_s, _ = _train("demo-dinov2", [f"train.output_dir={out / 'teacher'}"])
     teacher = teacher.resolve()
     limit = [f"train.max_steps={args.steps}"] if args.steps else []
+    limit += _shorter_schedule(args.epochs)
     teacher_numbers = {"train_s": teacher_train_s, **_probe(teacher, args.probe_epochs)}
     print("teacher", json.dumps(teacher_numbers), flush=True)
     runs: dict[str, list[dict]] = {"distilled": [], "scratch": []}
@@ -130,6 +152,7 @@ def _report(args, teacher: Path, teacher_numbers: dict, limit: list[str], runs: 
             "depth": distill_cfg.model.depth,
             "patch_size": distill_cfg.model.patch_size,
             "steps": min(distill_cfg.total_iterations, args.steps or distill_cfg.total_iterations),
+            "schedule_overrides": limit,
         },
         "runs": runs,
         "mean": summary,
