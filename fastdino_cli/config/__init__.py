@@ -22,6 +22,7 @@ The package, one concept per module (import from ``fastdino_cli.config``, not th
     run.py        train.*, distributed.*       schema.py   Config: the root, cross-section checks
     batch.py      global / per-device batch, epoch in images or iterations, old run keys
     paper.py      paper.*: a paper preset's recipe, and where a run departs from it
+    distill.py    distill.* (frozen-teacher distillation)
     yamlio.py     YAML from users: alias bombs refused, one-line errors
     overrides.py  key=value, validation, did-you-mean
     presets.py    the registry (extends:), resolve_config, YAML round trip
@@ -31,6 +32,7 @@ The package, one concept per module (import from ``fastdino_cli.config``, not th
 
 from fastdino_cli.config.base import Section
 from fastdino_cli.config.batch import Batch, restate_stored_run
+from fastdino_cli.config.distill import DistillConfig
 from fastdino_cli.config.inputs import CropsConfig, DataConfig
 from fastdino_cli.config.model import ARCH_NAMES, ModelConfig
 from fastdino_cli.config.objective import (
@@ -77,6 +79,7 @@ __all__ = [
     "CurriculumConfig",
     "DataConfig",
     "DinoConfig",
+    "DistillConfig",
     "DistributedConfig",
     "HeadConfig",
     "IbotConfig",

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastdino_cli.config.overrides import validate_config
 from fastdino_cli.config.schema import Config
 
-PATH_KEYS = ("data.train", "train.output_dir")
+PATH_KEYS = ("data.train", "train.output_dir", "distill.teacher")
 """Every config key that holds a filesystem path."""
 DEMO_DATA_ALIAS = "demo"
 """``data.train: demo``: a keyword (the embedded demo data), not a path."""

@@ -8,6 +8,7 @@ from pydantic import model_validator
 
 from fastdino_cli.config.base import Section
 from fastdino_cli.config.batch import Batch, batch_for_world, iterations_per_epoch
+from fastdino_cli.config.distill import DistillConfig
 from fastdino_cli.config.inputs import CropsConfig, DataConfig
 from fastdino_cli.config.model import ModelConfig
 from fastdino_cli.config.objective import DinoConfig, IbotConfig, TeacherConfig
@@ -57,6 +58,8 @@ class Config(Section):
     """The published recipe a paper preset reproduces (null, the default: none), by its global
     batch and epoch in images: ``--plan`` and the run's ``config.yaml`` list where a run
     departs from it."""
+    distill: DistillConfig = DistillConfig()
+    """Distillation from a frozen teacher checkpoint (``distill.teacher``); off by default."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -5,7 +5,8 @@ tests train with the very same model, optimizer, schedules, step and loader.
 run continues bit for bit)::
 
     accelerator   build_accelerator(train.precision): CUDA when there is one, autocast
-    model         torch.manual_seed(train.seed); SSLMetaArch(model, dino, ibot, centering);
+    model         torch.manual_seed(train.seed); SSLMetaArch(model, dino, ibot, centering)
+                  (with distill.teacher: train/distill.py's DistillMetaArch, frozen teacher in);
                   activation checkpointing, then compile (``step_options``); FSDP2 when several
                   processes shard (``distributed``), before the optimizer sees the parameters
     optimizer     AdamW over build_param_groups(student, optim), fused per ``optim.fused``
@@ -103,9 +104,14 @@ def build_meta_arch(cfg: Config) -> SSLMetaArch:
     """Student and teacher in one ``SSLMetaArch``, seeded by ``train.seed``, with the step
     options of ``model.*`` applied (activation checkpointing, then compile)."""
     torch.manual_seed(cfg.train.seed)
-    model = SSLMetaArch(
-        model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
-    )
+    if cfg.distill.teacher:  # distillation: the same pair plus a frozen teacher (ssl/distill.py)
+        from fastdino_cli.train.distill import build_distill_meta_arch
+
+        model = build_distill_meta_arch(cfg)
+    else:
+        model = SSLMetaArch(
+            model=cfg.model, dino=cfg.dino, ibot=cfg.ibot, centering=cfg.train.centering
+        )
     return apply_step_options(
         model,
         compile=cfg.model.compile,

@@ -150,11 +150,13 @@ def apply_fsdp(
         param_dtype=param_dtype, reduce_dtype=_DTYPES[dist_cfg.reduce_dtype]
     )
     heads = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for name in ("student", "teacher"):
-        part = getattr(meta_arch, name)
+    for name in ("student", "teacher", "frozen_teacher"):  # frozen_teacher: distillation's
+        part = getattr(meta_arch, name, None)
+        if part is None:
+            continue
         # the teacher only runs forward: keeping any of its units unsharded would serve stale
         # weights after the in-place EMA (pitfall 1)
-        reshard = True if name == "teacher" else dist_cfg.reshard_after_forward
+        reshard = True if name != "student" else dist_cfg.reshard_after_forward
         for block in part["backbone"].blocks:
             fully_shard(block, mesh=mesh, mp_policy=body, reshard_after_forward=reshard)
             register(block, "forward_packed")

@@ -217,7 +217,12 @@ def masked_patches_per_image(ibot: IbotConfig, patch_size: int, global_size: int
 
 
 def config_image_cost(cfg: Config, global_size: int, local_size: int) -> ImageCost:
-    """``image_cost`` of a resolved config's model, heads and crops at these crop sizes."""
+    """``image_cost`` of a resolved config's model, heads and crops at these crop sizes (a
+    distillation run's, frozen teacher included: ``train/distill.py``)."""
+    if cfg.distill.teacher:
+        from fastdino_cli.train.distill import distill_image_cost
+
+        return distill_image_cost(cfg, global_size, local_size)
     return image_cost(
         model=cfg.model,
         dino=cfg.dino,

@@ -60,6 +60,7 @@ from fastdino_cli.train.build import (
     build_train_loader,
     build_training,
 )
+from fastdino_cli.train.distill import resolve_distill
 from fastdino_cli.train.loader import StepRange
 from fastdino_cli.train.progress import ProgressReporter
 from fastdino_cli.train.resume import decide_start
@@ -110,6 +111,7 @@ def pretrain(
     if not cfg.data.train:
         raise ConfigError("data.train is not set; pass data.train=DIR (or data.train=demo)")
     cfg = with_absolute_paths(cfg)  # stored in config.yaml: the run means the same from anywhere
+    cfg = resolve_distill(cfg)  # distill.teacher: no masking / drop path, the teacher's heads
     run_dir = Path(cfg.train.output_dir)
     rd.check_run_dir_path(run_dir)
     accelerator = build_accelerator(cfg.train.precision)
