@@ -155,6 +155,21 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys, monkeypatch):
     runs = pd.read_csv(path.parent / "runs.csv")
     assert list(runs["run"]) == ["dinov2", "dinov2-seed1", "fastdinov2", "fastdinov2-seed1"]
 
+    # --distill: a third recipe, the student distilled from the (unchanged) dinov2 run of seed 0;
+    # only its own steps run, the report reads it, and a second call reuses it
+    path = run_demo(out, steps_scale=0.02, distill=True, **{**kwargs, "settings": more})
+    fifth = json.loads((out / "demo_timings.json").read_text())["steps"]
+    ran = sorted(k for k, v in fifth.items() if v["status"] == "ran" and k != "demo data")
+    assert ran == sorted(["pretrain demo-distill", *(f"{step} distilled" for step in evals)])
+    assert (out / "runs" / "dinov2" / "final.pt").stat().st_mtime == ckpt_mtime
+    stored = (out / "runs" / "distilled" / "config.yaml").read_text()
+    assert str(out / "runs" / "dinov2" / "final.pt") in stored
+    runs = pd.read_csv(path.parent / "runs.csv")
+    assert list(runs["run"]) == ["dinov2", "fastdinov2", "distilled"]
+    run_demo(out, steps_scale=0.02, distill=True, **{**kwargs, "settings": more})
+    sixth = json.loads((out / "demo_timings.json").read_text())["steps"]
+    assert all(t["status"] == "reused" for k, t in sixth.items() if k != "demo data"), sixth
+
 
 def test_demo_cli_forwards_options(monkeypatch, tmp_path):
     import fastdino_cli.report.demo as demo_mod
@@ -162,19 +177,21 @@ def test_demo_cli_forwards_options(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake(out, full=False, steps_scale=1.0, seeds=1):
-        seen.update(out=out, full=full, steps_scale=steps_scale, seeds=seeds)
+    def fake(out, full=False, steps_scale=1.0, seeds=1, distill=False):
+        seen.update(out=out, full=full, steps_scale=steps_scale, seeds=seeds, distill=distill)
         return out / "report" / "report.md"
 
     monkeypatch.setattr(demo_mod, "run_demo", fake)
     args = ["demo", "--out", str(tmp_path), "--full", "--steps-scale", "0.5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert seen == {"out": tmp_path, "full": True, "steps_scale": 0.5, "seeds": 1}
+    assert seen == {"out": tmp_path, "full": True, "steps_scale": 0.5, "seeds": 1, "distill": False}
     assert "report.md" in result.output
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "3"])
     assert result.exit_code == 0, result.output
     assert seen["seeds"] == 3
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--distill"])
+    assert result.exit_code == 0 and seen["distill"] is True, result.output
     bad = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "0"])
     assert bad.exit_code == 2 and "--seeds" in bad.output
 

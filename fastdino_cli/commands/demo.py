@@ -32,12 +32,19 @@ def demo_command(
             help="Seeds of each recipe (runs/<name>-seed<N>); >1: the report shows intervals.",
         ),
     ] = 1,
+    distill: Annotated[
+        bool,
+        typer.Option(
+            "--distill",
+            help="Add a third recipe: a smaller student distilled from the frozen dinov2 run.",
+        ),
+    ] = False,
 ) -> None:
     """Train the FastDINOv2 curriculum and the DINOv2 baseline on the demo data, evaluate both,
     and write one report (re-running reuses every finished step)."""
     from fastdino_cli.report.demo import run_demo
 
-    path = run_demo(out, full=full, steps_scale=steps_scale, seeds=seeds)
+    path = run_demo(out, full=full, steps_scale=steps_scale, seeds=seeds, distill=distill)
     typer.echo(f"report: {path}")
 
 

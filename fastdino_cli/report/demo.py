@@ -42,6 +42,10 @@ from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
 RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
 """Recipe (the seed-0 run folder) -> preset; the baseline first: the report's relative changes
 and differences are against it. Another recipe is one more entry here."""
+DISTILLED = {"distilled": "demo-distill"}
+"""The third recipe of ``--distill``: a smaller student distilled from the frozen ``dinov2`` run
+of the same seed (its ``final.pt``), trained after it."""
+TEACHER_RECIPE = "dinov2"
 DEFAULT_SEVERITIES = "1,3,5"
 FOURIER_WINDOW = 21
 
@@ -129,7 +133,12 @@ def pretrain_step(
 
             old = rd.read_stored_config(run_dir) or {}  # the demo trains in one process
             old = restate_stored_run(old, 1, cfg, 1)  # per-GPU keys of older runs
-            rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
+            want = cfg
+            if cfg.distill.teacher:  # stored as distillation resolves it (the teacher's heads)
+                from fastdino_cli.train.distill import resolve_distill
+
+                want = resolve_distill(cfg)
+            rd.check_resume_config(run_dir, old, want.to_dict(), force=False)
         return finished
 
     def run() -> Any:
@@ -293,6 +302,7 @@ def run_demo(
     settings: EvalSettings | None = None,
     progress: bool | None = None,
     seeds: int = 1,
+    distill: bool = False,
 ) -> Path:
     """Run (or finish) the whole demo in ``out``; returns the path of ``report.md``.
 
@@ -307,6 +317,8 @@ def run_demo(
         seeds: runs of each recipe (``train.seed`` 0 .. seeds-1); with more than one the
             report shows mean, std and 95% bootstrap intervals per recipe. Finished runs are
             reused, so raising ``seeds`` later trains only the new seeds.
+        distill: add a third recipe, ``distilled`` (preset ``demo-distill``): a narrower,
+            shallower student distilled from each seed's frozen ``dinov2`` run.
     """
     from fastdino_cli.config import resolve_config
     from fastdino_cli.data.demo import build_demo_dataset, check_replaceable
@@ -319,7 +331,8 @@ def run_demo(
     data = out / "data"
     check_replaceable(data)  # a folder of the user's is refused before anything runs
     settings = settings or demo_settings(data, full)
-    runs = plan_runs(seeds)
+    recipes = {**RUNS, **DISTILLED} if distill else RUNS
+    runs = plan_runs(seeds, recipes)
     if seeds > 1 and any(o.split("=", 1)[0].strip() == "train.seed" for o in overrides):
         raise ConfigError("--seeds sets train.seed of each run; leave train.seed out of overrides")
     items: list[tuple[Step, Callable[[], str] | None]] = []
@@ -335,6 +348,9 @@ def run_demo(
         length = max(1, round(resolve_config(run.preset).iterations_per_epoch * steps_scale))
         ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
         ovr += [*overrides, *run.overrides]
+        if run.recipe in DISTILLED:  # the teacher: the dinov2 run of this seed, trained before
+            teacher = DemoRun(TEACHER_RECIPE, RUNS[TEACHER_RECIPE], run.seed).run_dir(out)
+            ovr.append(f"distill.teacher={teacher / 'final.pt'}")
         step = pretrain_step(run.preset, run_dir, ovr, name=run.step_name)
         total = resolve_config(run.preset, None, ovr).total_iterations
         items.append((step, pretrain_detail(run_dir, total)))
@@ -356,7 +372,7 @@ def run_demo(
             write_text(out / "demo_timings.json", json.dumps(record, indent=2) + "\n")
         bar.start("report")
         t0 = time.perf_counter()
-        run_dirs = [r.run_dir(out) for r in report_order(runs)]
+        run_dirs = [r.run_dir(out) for r in report_order(runs, recipes)]
         report = build_report(run_dirs, report_dir, settings=settings, timings=record)
         bar.finish("report", time.perf_counter() - t0, "done")
     return report.path
