@@ -378,7 +378,7 @@ def _save_resumable(
     if not stack.accelerator.is_main_process:
         dist_utils.barrier()
         return
-    scaler = stack.accelerator.scaler
+    scaler = stack.precision.scaler
     state = TrainState(
         step=step,
         stage=stage,
