@@ -66,6 +66,7 @@ from fastdino_cli.train.resume import decide_start
 from fastdino_cli.train.settle import Settler, TrainingDiverged
 from fastdino_cli.train.signals import StopSignals
 from fastdino_cli.train.step import PendingStep
+from fastdino_cli.train.tracking import open_trackers
 
 __all__ = ["RunResult", "TrainingDiverged", "pretrain"]
 
@@ -175,6 +176,9 @@ def _run(cfg: Config, run_dir: Path, accelerator, resume, force_config, progress
         global_batch=cfg.train.batch_size_per_gpu * steps.world_size,
         rich=progress,
         enabled=main,
+        trackers=open_trackers(
+            cfg.train.trackers, run_dir, start=steps.start, config=cfg.to_dict(), enabled=main
+        ),
     )
     with reporter:
         outcome = _train(stack, loader, reporter, cfg, run_dir, steps, bad)
