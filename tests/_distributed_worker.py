@@ -7,8 +7,8 @@ checkpoint to ``run_dir/checkpoint.pt`` so the job resumes from it; with ``nan_l
 rank's loss at that step is NaN (the other ranks' losses stay finite); with ``probe_dtype``
 rank 0 writes to ``path`` the dtype of the student's patch embedding inside the forward (FSDP2
 has gathered it by then: the mixed-precision policy's ``param_dtype``).
-A plain file (not an importable test module) so that the processes import nothing from pytest, and one launch serves several runs (process
-start-up dominates on CPU).
+A plain file (not an importable test module) so that the processes import nothing from pytest,
+and one launch serves several runs (process start-up dominates on CPU).
 """
 
 from __future__ import annotations
