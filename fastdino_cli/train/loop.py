@@ -60,7 +60,7 @@ from fastdino_cli.train.build import (
     build_train_loader,
     build_training,
 )
-from fastdino_cli.train.loader import StepRange
+from fastdino_cli.train.loader import StepRange, resolve_num_workers
 from fastdino_cli.train.progress import ProgressReporter
 from fastdino_cli.train.resume import decide_start
 from fastdino_cli.train.settle import Settler, TrainingDiverged
@@ -247,13 +247,14 @@ def _train(
         latest=run_dir / rd.CHECKPOINT,
     )
     outcome = _Outcome(steps.start)
+    in_process = resolve_num_workers(cfg.data.num_workers) == 0  # no loader workers
     pending: PendingStep | None = None  # queued on the device, not yet settled on the host
     with StopSignals() as signals:
         it = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
-                with _single_threaded(cfg.data.num_workers == 0):
+                with _single_threaded(in_process):
                     batch = next(it)
             except StopIteration:
                 break
