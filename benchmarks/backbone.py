@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -30,23 +28,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import machine  # noqa: E402
 from fastdino_cli.config import ModelConfig  # noqa: E402
 from fastdino_cli.model.vit import build_vit, ffn_hidden_dim  # noqa: E402
-
-
-def _hardware(device: torch.device) -> dict:
-    info = {
-        "device": device.type,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -176,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {
         "benchmark": "backbone_fwd_bwd",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hardware": _hardware(device),
+        "hardware": machine(device),
         "settings": {
             k: getattr(args, k)
             for k in ("arch", "patch", "res", "batch", "local_res", "local_batch", "dtype")

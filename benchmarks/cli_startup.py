@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastdino_cli.fileio import write_text  # noqa: E402  (imports nothing heavy)
+from benchmarks.harness import emit, machine  # noqa: E402
 
 TARGET_S = 0.5
 
@@ -73,15 +71,6 @@ def measure(args: list[str], runs: int) -> dict:
     }
 
 
-def _hardware() -> dict:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_avg_1min": round(os.getloadavg()[0], 2),  # CPU time barely depends on it
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5, help="starts per case (the median is kept)")
@@ -92,17 +81,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "cli_startup",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hardware": _hardware(),
+        "hardware": machine(),
         "runs": a.runs,
         "target_cpu_s": TARGET_S,
         "python_floor_cpu_s": round(statistics.median(floor), 3),
         "cases": {name: measure(CASES[name], a.runs) for name in (a.cases or CASES)},
     }
     result["all_under_target"] = all(c["under_target"] for c in result["cases"].values())
-    line = json.dumps(result)
-    print(line)
-    if a.save:
-        write_text(ROOT / "benchmarks" / "results" / "cli_startup.json", line + "\n")
+    emit(result, ROOT / "benchmarks" / "results" / "cli_startup.json" if a.save else None)
     return result
 
 

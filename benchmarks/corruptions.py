@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.harness import emit, machine, median_ms  # noqa: E402
 from fastdino_cli.eval.corruption.blur import (  # noqa: E402
     GLASS_BLUR,
     glass_offsets,
@@ -37,25 +34,6 @@ def _photo(size: int) -> np.ndarray:
     from skimage import data
 
     return np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC))
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -72,7 +50,7 @@ def main() -> None:
     for name in ALL:
         corrupt(img, name, 1, np.random.default_rng(0))  # warm caches (frost textures)
         per_sev = [
-            _median_ms(
+            median_ms(
                 lambda s=s, n=name: corrupt(img, n, s, np.random.default_rng(s)), args.repeats
             )
             for s in range(1, 6)
@@ -89,17 +67,11 @@ def main() -> None:
         loop = glass_shuffle_loop(blurred, offsets, delta)
         loop_ms.append((time.perf_counter() - t) * 1000)
         assert np.array_equal(fast, loop), "vectorised glass shuffle differs from the loop port"
-        fast_ms.append(_median_ms(lambda o=offsets, d=delta: glass_shuffle(blurred, o, d), 5))
+        fast_ms.append(median_ms(lambda o=offsets, d=delta: glass_shuffle(blurred, o, d), 5))
     record = {
         "benchmark": "corruptions",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hardware": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "opencv": cv2.__version__,
-        },
+        "hardware": {**machine(), "numpy": np.__version__, "opencv": cv2.__version__},
         "image_size": args.size,
         "ms_per_image": per_corruption,
         "ms_per_image_sum_benchmark15": round(sum(per_corruption[c] for c in ALL[:15]), 1),
@@ -110,11 +82,7 @@ def main() -> None:
             "identical_output": True,
         },
     }
-    line = json.dumps(record)
-    print(line)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

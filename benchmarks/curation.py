@@ -30,11 +30,9 @@ Prints one JSON line (and writes it to ``--out``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -47,6 +45,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.data import demo as demo_data  # noqa: E402
 
 DISTRACTORS = (
@@ -340,19 +339,6 @@ def large_pool(n: int, dim: int, work: Path, shard: int = 65536, seed: int = 0) 
     }
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "load_average_1min": round(os.getloadavg()[0], 1),  # the machine is shared
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastdino-curation-bench"))
@@ -376,7 +362,7 @@ def main() -> None:
             [*cmd, "--dim", str(args.dim), "--large-child"], check=True, capture_output=True
         )
         result = {"benchmark": "curation_large", **json.loads(child.stdout), **machine()}
-        _emit(result, args.out)
+        emit(result, args.out)
         return
 
     from fastdino_cli.curate.run import curate
@@ -465,15 +451,7 @@ def main() -> None:
         "figures": summary["outputs"].get("figures"),
         **machine(),
     }
-    _emit(record, args.out)
-
-
-def _emit(record: dict, out: Path | None) -> None:
-    line = json.dumps(record)
-    print(line)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(line + "\n")
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,13 @@ the loop's step options: autocast per ``train.precision`` on CUDA (bf16), fused 
 ``model.compile`` and ``model.activation_checkpointing``. Example::
 
     python benchmarks/curriculum_speed.py --preset demo
-    python benchmarks/curriculum_speed.py --preset vits16-in100 train.batch_size_per_gpu=4 \\
+    python benchmarks/curriculum_speed.py --preset vits16-in100 train.global_batch=4 \\
         --steps 3 --out benchmarks/results/curriculum_speed_cpu_vits16.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,6 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
 from fastdino_cli.curriculum import resolve_stages, stage_starts  # noqa: E402
 from fastdino_cli.data.images import scan_images  # noqa: E402
@@ -110,7 +107,7 @@ def synthetic_batch(cfg: Config, step: int, global_size: int, local_size: int):
             0,
             -1.0,
         )
-        for _ in range(cfg.train.batch_size_per_gpu)
+        for _ in range(cfg.batch(1).per_device)
     ]
     batch = MultiCropCollate(
         patch_size=cfg.model.patch_size,
@@ -158,27 +155,6 @@ def time_stages(trainer: Trainer, stages, starts, files, warmup: int, steps: int
     return syn, tot, wait
 
 
-def hardware(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {
-        "device": device.type,
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-    }
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="demo")
@@ -223,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "step_s_with_loader": round(statistics.median(tot), 4),
                     "loader_wait_s": round(statistics.median(wait), 4),
                     "achieved_gflops_per_s": round(
-                        sp.gflops_per_image * cfg.train.batch_size_per_gpu / step_s, 2
+                        sp.gflops_per_image * cfg.batch(1).per_device / step_s, 2
                     ),
                 }
             )
@@ -234,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": args.preset,
         "overrides": args.overrides,
         "arch": f"{cfg.model.arch}/{cfg.model.patch_size}",
-        "batch_size": cfg.train.batch_size_per_gpu,
+        "batch_size": cfg.batch(1).per_device,
         "local_crops_number": cfg.crops.local_crops_number,
         "loader_workers": cfg.data.num_workers,
         "images": f"{len(files)} files" + ("" if args.images else f" generated {args.image_size}"),
@@ -263,16 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": trainer.precision,
         "compile": cfg.model.compile,
         "activation_checkpointing": cfg.model.activation_checkpointing,
-        "hardware": hardware(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hardware": machine(device),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
     return result
 
 

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,6 +42,7 @@ from PIL import Image, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import resolve_config  # noqa: E402
 from fastdino_cli.data import multicrop  # noqa: E402
 from fastdino_cli.data.jpeg_scale import reduction  # noqa: E402
@@ -101,27 +99,6 @@ def make_jpegs(root: Path, n: int, size=(500, 375), quality: int = 90, seed: int
         crop.save(path, quality=quality)
         out.append(path)
     return out
-
-
-def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pillow": PIL.__version__,
-        "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
-        "loadavg_1min": os.getloadavg()[0],
-    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -184,7 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "data_pipeline",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hardware": hardware(),
+        "hardware": {
+            **machine(),
+            "pillow": PIL.__version__,
+            "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
+        },
         "preset": args.preset,
         "images": args.images,
         "image_size": [500, 375],
@@ -213,11 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["target_stage1_2x_vs_baseline_met"] = (
         result["stages"]["stage1"]["speedup_fast_vs_baseline"] >= 2.0
     )
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
     return result
 
 

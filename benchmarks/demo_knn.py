@@ -8,9 +8,6 @@ checkpoint, hardware and date. The demo data is built offline if missing (``data
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.checkpoint import load_teacher_backbone  # noqa: E402
 from fastdino_cli.data.demo import resolve_data_root  # noqa: E402
 from fastdino_cli.data.images import load_rgb  # noqa: E402
@@ -70,14 +68,8 @@ def main() -> None:
             knn_top1(_features(model, train_x), train_y, _features(model, val_x), val_y, args.k),
             4,
         )
-    out.update(
-        device="cpu",
-        cpu=platform.processor() or platform.machine(),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    )
-    print(json.dumps(out))
+    out["hardware"] = machine("cpu")
+    emit(out)
 
 
 if __name__ == "__main__":

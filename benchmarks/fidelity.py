@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import resolve_config  # noqa: E402
 from fastdino_cli.model.heads import DinoHead  # noqa: E402
 from fastdino_cli.model.vit import build_vit, interpolate_pos_embed  # noqa: E402
@@ -147,15 +147,12 @@ def main() -> None:
     line = {
         "benchmark": "fidelity",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hardware": {"device": "cpu", "cpu": platform.machine(), "torch": torch.__version__},
+        "hardware": machine("cpu"),
         "head_precision": head_precision(),
         "interpolation": interpolation(),
         "timm_export": timm_export(),
     }
-    text = json.dumps(line)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(line, args.out)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import resolve_config  # noqa: E402
 from fastdino_cli.eval.classifier import ProbeClassifier, load_probe_classifier  # noqa: E402
 from fastdino_cli.eval.features import FeatureRecipe  # noqa: E402
@@ -35,16 +33,6 @@ from fastdino_cli.model.vit import build_vit  # noqa: E402
 
 PAPER_IMAGES = 500  # ImageNet-100 val, 5 per class
 PAPER_SIZE = 224
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _classifier(args: argparse.Namespace, size: int) -> tuple[ProbeClassifier, str]:
@@ -128,13 +116,7 @@ def main() -> None:
     record = {
         "benchmark": "fourier",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpu": _cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-        "os_cpus": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "device": str(device),
+        "hardware": machine(device),
         "bf16": args.bf16,
         "model": model_desc,
         "size": args.size,
@@ -156,7 +138,7 @@ def main() -> None:
             "note": "projection = bases x 500 images / measured throughput at this size",
         },
     }
-    print(json.dumps(record))
+    emit(record)
 
 
 if __name__ == "__main__":

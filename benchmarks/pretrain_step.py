@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
-import platform
 import resource
 import statistics
 import sys
@@ -36,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import emit, machine  # noqa: E402
 from fastdino_cli.config import Config, resolve_config  # noqa: E402
 from fastdino_cli.rundir import METRICS, read_metrics  # noqa: E402
 from fastdino_cli.train.flops import config_image_cost  # noqa: E402
@@ -77,7 +75,7 @@ def run_once(preset: str, overrides: list[str], steps: int, warmup: int) -> tupl
             pretrain(cfg, progress=False)
         rows = read_metrics(Path(tmp) / "run" / METRICS)
     rows = [r for r in rows if r["step"] >= warmup]
-    gb = cfg.train.batch_size_per_gpu
+    gb = cfg.batch(1).global_batch
     step_s = statistics.median(gb / r["images_per_s"] for r in rows)
     wait = statistics.median(r["data_wait"] for r in rows)
     out = {
@@ -114,16 +112,6 @@ def add_mfu(cfg: Config, row: dict, peak_tflops: float | None) -> dict:
     return row
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def generated_data(root: Path, n: int) -> str:
     from benchmarks.data_pipeline import make_jpegs
 
@@ -137,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--arch", nargs="+", choices=sorted(ARCH_PRESETS), default=None)
     ap.add_argument("--size", nargs="+", type=int, default=None, help="global crop sizes")
-    ap.add_argument("--batch", type=int, default=None, help="train.batch_size_per_gpu")
+    ap.add_argument("--batch", type=int, default=None, help="train.global_batch (one process)")
     ap.add_argument("--workers", type=int, default=None, help="data.num_workers")
     ap.add_argument("--data", default=None, help="image folder (default: generated JPEGs)")
     ap.add_argument("--images", type=int, default=256, help="generated JPEGs")
@@ -152,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = args.peak_tflops or (device_peak_tflops(device) if device != "cpu" else None)
     common = list(args.overrides)
     if args.batch:
-        common.append(f"train.batch_size_per_gpu={args.batch}")
+        common.append(f"train.global_batch={args.batch}")
     if args.workers is not None:
         common.append(f"data.num_workers={args.workers}")
     runs = []
@@ -176,17 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "pretrain_step",
         "device": device,
         "peak_bf16_tflops": peak,
-        "cpu": cpu_name(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hardware": machine(device),
         "runs": runs,
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
     return result
 
 

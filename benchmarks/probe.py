@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,26 +28,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import machine  # noqa: E402
 from fastdino_cli.config import ModelConfig  # noqa: E402
 from fastdino_cli.data.labelled import scan_labelled_folder  # noqa: E402
 from fastdino_cli.eval.features import FeatureRecipe, Features, extract_features  # noqa: E402
 from fastdino_cli.eval.probe.linear import DEFAULT_LRS, train_linear_grid  # noqa: E402
 from fastdino_cli.model.vit import build_vit  # noqa: E402
-
-
-def _hardware(device: torch.device) -> dict:
-    hw = {
-        "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg_1min": round(os.getloadavg()[0], 2),  # shared machines: context for the times
-    }
-    if device.type == "cuda":
-        hw["gpu"] = torch.cuda.get_device_name(device)
-    return hw
 
 
 def _write_images(root: Path, n: int, size: int, classes: int) -> None:
@@ -126,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {
         "benchmark": "probe",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hardware": _hardware(device),
+        "hardware": machine(device),
         "settings": vars(args) | {"embed_dim": d, "heads": len(recipes) * len(DEFAULT_LRS)},
         "extract": {
             "images": args.images,

@@ -16,6 +16,7 @@ import sys
 import typer
 
 from fastdino_cli.commands._lazy import LazyCommand, LazyGroup
+from fastdino_cli.console import install_warning_format
 from fastdino_cli.errors import FastdinoError
 from fastdino_cli.fileio import describe_write_error
 
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, report user errors in one line."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args or os.environ.get("FASTDINO_DEBUG") == "1"
+    install_warning_format()  # every Python warning: one `fastdino: warning: ...` line
     try:
         app(args=args, prog_name="fastdino", standalone_mode=True)
     except FastdinoError as e:

@@ -59,8 +59,9 @@ def test_paper_presets_hold_the_recipe():
     assert (s2.global_crops_size, s2.local_crops_size) == (224, 96)
     assert s2.restart and s2.warmup_epochs == 5 and s2.noise_patching.enabled
     assert s2.noise_patching.max_sigma == 0.2
-    assert fast.optim.epochs == 200 and fast.train.epoch_length == 2500
-    assert base.model.drop_path_rate == 0.1 and base.train.batch_size_per_gpu == 128
+    assert fast.optim.epochs == 200 and fast.iterations_per_epoch == 2500
+    assert fast.train.epoch_images == 512 * 2500 and fast.train.global_batch == 512
+    assert base.model.drop_path_rate == 0.1 and base.batch(4).per_device == 128
     in100 = resolve_config("vits16-in100")
     assert in100.curriculum.stages[1].warmup_epochs == 10
     assert in100.model.img_size == 112

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -18,6 +20,8 @@ def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     out = []
     for name, f in model.model_fields.items():
         ann = f.annotation
+        if typing.get_origin(ann) is types.UnionType and type(None) in typing.get_args(ann):
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))  # paper: X | None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out += _keys(ann, f"{prefix}{name}.")
         else:

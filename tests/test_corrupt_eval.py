@@ -158,8 +158,9 @@ def test_on_the_fly_write_then_read_round_trip(tmp_path):
         {"oracle": model}, imagenet_c=out, corruptions="contrast,gaussian_noise", severities="1,5"
     )
     assert (back.cells["n"] == 6).all()
+    # on the fly, the model saw the JPEG q85 round trip: exactly what the written files hold
     merged = res.cells.merge(back.cells, on=["corruption", "severity"])
-    assert np.abs(merged["top1_x"] - merged["top1_y"]).max() <= 1 / 6 + 1e-9
+    assert (merged["top1_x"] == merged["top1_y"]).all()
 
 
 def test_workers_do_not_change_results(tmp_path):
@@ -283,3 +284,138 @@ def test_cli_without_probe_head_is_one_line(tmp_path, demo_data, capsys):
     path = tiny_checkpoint(tmp_path / "x.pt")
     code, _, err = _run_cli(["corrupt-eval", str(path), "--val", str(demo_data.val)], capsys)
     assert code == 2 and "has no probe head" in err and err.strip().count("\n") == 0
+
+
+class Recorder(nn.Module):
+    """Records every batch it is shown (pixels in [0, 1]); the eval transform of a real probe."""
+
+    def __init__(self, image_size: int = 224, resize_size: int = 256):
+        super().__init__()
+        from fastdino_cli.eval.features import FeatureRecipe, eval_transform
+
+        self.class_names = ["ramp"]
+        self.image_size, self.resize_size = image_size, resize_size
+        self._t = eval_transform(FeatureRecipe(resize_size, image_size), normalize=False)
+        self.seen: list[torch.Tensor] = []
+
+    def preprocess(self, pil):
+        return self._t(pil.convert("RGB"))
+
+    def forward_pixels(self, x01):
+        self.seen.append(x01.clone())
+        return torch.zeros(len(x01), 1)
+
+
+def _ramp(w: int, h: int) -> Image.Image:
+    """Red = column, green = row (0..255 across the image): every pixel says where it is."""
+    x = np.linspace(0, 255, w)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h)[:, None].repeat(w, 1)
+    return Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).round().astype(np.uint8))
+
+
+def test_clean_set_is_read_with_resize_256_then_crop_224(tmp_path, capsys):
+    """hendrycks' test.py reads clean ImageNet with Resize 256 + CenterCrop 224: a 512 x 384
+    ramp must show columns 87..423 of 512 (scale 384/256 = 1.5, crop offset 58.5 px), not the
+    centre 224 px (columns 144..367) a crop of the full-size image would show."""
+    root, clean = tmp_path / "c", tmp_path / "clean"
+    (root / "fog" / "1" / "ramp").mkdir(parents=True)
+    _ramp(224, 224).save(root / "fog" / "1" / "ramp" / "a.png")
+    (clean / "ramp").mkdir(parents=True)
+    _ramp(512, 384).save(clean / "ramp" / "a.png")
+    model = Recorder()
+    evaluate_classifiers(
+        {"m": model}, imagenet_c=root, clean=clean, corruptions="fog", severities="1",
+        batch_size=1,
+    )  # fmt: skip
+    clean_view, corrupted_view = (x[0] for x in model.seen)  # clean is task 0: first batch
+    red = clean_view[0].mean(0) * 255  # mean over rows: the column ramp
+    green = clean_view[1].mean(1) * 255
+    # the field of view by hand: resized to 341 x 256, crop from (58, 16) -> source pixels
+    scale, (left, top) = 384 / 256, ((341 - 224) // 2, (256 - 224) // 2)
+    src_x0, src_x1 = (left + 0.5) * scale - 0.5, (left + 223.5) * scale - 0.5
+    src_y0, src_y1 = (top + 0.5) * scale - 0.5, (top + 223.5) * scale - 0.5
+    assert float(red[0]) == pytest.approx(255 * src_x0 / 511, abs=1.5)
+    assert float(red[-1]) == pytest.approx(255 * src_x1 / 511, abs=1.5)
+    assert float(green[0]) == pytest.approx(255 * src_y0 / 383, abs=1.5)
+    assert float(green[-1]) == pytest.approx(255 * src_y1 / 383, abs=1.5)
+    # and exactly the model's own eval transform of the file
+    expected = model.preprocess(Image.open(clean / "ramp" / "a.png"))
+    torch.testing.assert_close(clean_view, expected, atol=1 / 255 + 1e-6, rtol=0)
+    # the corrupted 224 px image is still centre-cropped, not resized (it is already 224)
+    raw = torch.from_numpy(np.array(Image.open(root / "fog/1/ramp/a.png"))).permute(2, 0, 1)
+    torch.testing.assert_close(corrupted_view, raw.float() / 255)
+    assert "warning" not in capsys.readouterr().err  # a 224 px probe: nothing to warn about
+
+
+def test_probe_input_not_224_warns_once_in_crop_mode(tmp_path, capsys):
+    root = tmp_path / "c"
+    _write_class_images(root / "fog" / "1", per_class=1, size=24)
+    evaluate_classifiers(
+        {"small": GreyOracle()}, imagenet_c=root, corruptions="fog", severities="1"
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "small: the probe's input is 16 px, not 224" in err[0]
+    assert "--resize-c" in err[0]
+    res = evaluate_classifiers(
+        {"small": GreyOracle()}, imagenet_c=root, corruptions="fog", severities="1", resize_c=True
+    )
+    assert capsys.readouterr().err == "" and "warnings" not in res.meta
+
+
+def test_on_the_fly_jpeg_round_trip_and_its_switch(tmp_path):
+    """--val: the model sees corrupt(crop) after a JPEG q85 round trip; --no-jpeg: without."""
+    from fastdino_cli.eval.corruption.data import CorruptedSet, Task, list_labelled_images
+
+    val = tmp_path / "val"
+    _write_class_images(val, per_class=1)
+    model = GreyOracle()
+    samples = list_labelled_images(val)
+    tasks = [Task("gaussian_noise", 3)]
+    crop = tensor_to_uint8(model.preprocess(Image.open(samples[0].path)))
+    noisy = corrupt(crop, "gaussian_noise", 3, corruption_rng(0, "gaussian_noise", 3, 0))
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, format="JPEG", quality=85)
+    expected = np.asarray(Image.open(buf).convert("RGB"))
+    with_jpeg = CorruptedSet(samples, [0] * 3, tasks, lambda p: crop, 0)[0][0]
+    without = CorruptedSet(samples, [0] * 3, tasks, lambda p: crop, 0, jpeg=False)[0][0]
+    assert np.array_equal(tensor_to_uint8(with_jpeg), expected)
+    assert np.array_equal(tensor_to_uint8(without), noisy)
+    assert not np.array_equal(expected, noisy)
+    res = evaluate_classifiers({"m": model}, val=val, corruptions="fog", severities="1", jpeg=False)
+    assert res.meta["jpeg_q85"] is False and "no JPEG step" in res.summary.iloc[0]["benchmark"]
+
+
+def _imagenet_1k_oracle():
+    """A 1000-class model (WordNet ids) for the mCE bookkeeping; its numbers are irrelevant."""
+    return GreyOracle(class_names=[f"n{i:08d}" for i in range(1000)])
+
+
+def test_on_the_fly_mce_is_marked_as_not_the_published_benchmark(tmp_path):
+    from fastdino_cli.eval.corruption.run import _summarise
+
+    rows = [
+        {"model": "m", "corruption": c, "group": "g", "severity": s, "top1": 0.5, "top5": 0.7,
+         "n": 10}
+        for c in BENCHMARK for s in range(1, 6)
+    ] + [{"model": "m", "corruption": "clean", "group": "clean", "severity": 0, "top1": 0.8,
+          "top5": 0.9, "n": 10}]  # fmt: skip
+    import pandas as pd
+
+    models = {"m": _imagenet_1k_oracle()}
+    fly = _summarise(pd.DataFrame(rows), models, {"mode": "val", "benchmark": "on-the-fly x"})
+    released = _summarise(pd.DataFrame(rows), models, {"mode": "imagenet-c"})
+    assert fly.summary.iloc[0]["mCE"] == released.summary.iloc[0]["mCE"] > 0
+    # table, CSV and JSON say it
+    assert "mCE*" in format_table(fly) and "* on-the-fly x" in format_table(fly)
+    assert any("not the published ImageNet-C benchmark" in n for n in fly.notes)
+    assert "mCE*" not in format_table(released) and released.notes == []
+    paths = write_results(fly, tmp_path / "o")
+    assert pd.read_csv(paths["summary"])["benchmark"].tolist() == ["on-the-fly x"]
+    import json
+
+    payload = json.loads(paths["json"].read_text())
+    assert payload["summary"][0]["benchmark"] == "on-the-fly x"
+    assert any("not the published" in n for n in payload["notes"])
+    assert pd.read_csv(write_results(released, tmp_path / "r")["summary"])[
+        "benchmark"
+    ].tolist() == ["released ImageNet-C files"]

@@ -65,7 +65,7 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys, monkeypatch):
     path = run_demo(out, steps_scale=0.02, **kwargs)
     md = path.read_text()
     printed = capsys.readouterr().out
-    assert re.search(r"\[12/12\] report: done", printed)
+    assert re.search(r"demo 12/12 report: done", printed)
 
     # every section present and filled: no "not measured" line, every figure on disk
     for heading in ("## Runs", "## Probes", "## Robustness", "## Training curves",

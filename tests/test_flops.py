@@ -126,7 +126,7 @@ def test_paper_presets_tokens_ratio_and_paper_band():
     # The repo's baseline preset runs 100 epochs (the paper's ratio assumes 200).
     assert plan.ratio_total == pytest.approx(plan.ratio_per_image / 2, rel=1e-9)
 
-    # README: counting the teacher on all crops like the student (4/3 x the student's cost)
+    # docs/pretraining.md: the teacher charged on all crops like the student (4/3 x its cost)
     # lands within 1% of the paper's absolute numbers.
     def teacher_on_all(c):
         return 4 / 3 * (c.student_backbone + c.student_heads)
@@ -151,7 +151,7 @@ def test_expected_masked_patches_match_the_masking_code():
         ]
     )
     per_image = 2 * masks.sum().item() / masks.shape[0]
-    # block masking stops a little short of its target count (README: about 1-4% fewer)
+    # block masking stops a little short of its target count (docs/pretraining.md: about 1-4% fewer)
     assert 0.95 * 58.8 < per_image <= 58.8
 
 
@@ -163,6 +163,12 @@ def test_plan_totals_and_gpus_and_max_steps():
     one, four = plan_run(cfg).run, plan_run(cfg, gpus=4).run
     assert sum(s.steps for s in one.stages) == cfg.total_iterations == 500
     assert [s.steps for s in one.stages] == [375, 125]
+    # demo states a global batch of 64: 16 per GPU on 4 GPUs, the same run
+    assert four.global_batch == one.global_batch == 64 and four.batch_size_per_gpu == 16
+    assert four.pflops == pytest.approx(one.pflops)
+    # a per-GPU batch instead: the global batch, and the run, grow with the GPUs
+    cfg = resolve_config("demo", overrides=["train.batch_size_per_gpu=64"])
+    one, four = plan_run(cfg).run, plan_run(cfg, gpus=4).run
     assert four.global_batch == 4 * one.global_batch == 256
     for s in four.stages:
         assert s.images == s.steps * 256

@@ -229,13 +229,15 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         compute_fourier_heatmap(first, images, labels, state_path=state, **kw)
     with np.load(state) as z:
-        assert z["done"].sum() == 8 and int(z["clean"]) == 3
+        assert z["done"].sum() == 8 and int(z["clean"][0]) == 3
 
     second = Interrupting(classify)
     resumed = compute_fourier_heatmap(second, images, labels, state_path=state, **kw)
     assert second.calls == n_chunks - 4  # neither the clean pass nor done chunks run again
     np.testing.assert_array_equal(resumed.error, full.error)
+    np.testing.assert_array_equal(resumed.error_top5, full.error_top5)
     assert resumed.clean_error == full.clean_error
+    assert resumed.clean_error_top5 == full.clean_error_top5
 
     # a finished state answers without any forward pass; a different key starts afresh
     third = Interrupting(classify)
@@ -245,6 +247,38 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     other = dict(kw, identity={"ckpt": "other"})
     compute_fourier_heatmap(fourth, images, labels, state_path=state, **other)
     assert fourth.calls == n_chunks + 1
+
+
+def test_top5_map_equals_a_plain_loop_over_bases_images_and_channels():
+    """Top-5 (and top-1) error per frequency against a direct numpy computation: one image at a
+    time, the wave written out as cos(2 pi (u y + w x) / N) / ||.||, the signs of the
+    documented generator; no batching, no mirroring."""
+    n, eps, seed = 6, 4.0, 5
+    classify, images, labels = linear_problem(n=n, m=10, classes=9)
+    res = compute_fourier_heatmap(classify, images, labels, eps=eps, seed=seed, batch_size=7)
+    x_np, y_np = images.numpy(), labels.numpy()
+    assert res.error_top5.shape == res.error.shape == (n, n)
+
+    def top1_top5_wrong(x, y):
+        logits = classify(torch.from_numpy(x[None])).numpy()[0]
+        order = np.argsort(-logits, kind="stable")
+        return int(np.argmax(logits) != y), int(y not in order[:5])
+
+    yy, xx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    for u, w in half_plane_frequencies(n):
+        wave = np.cos(2 * np.pi * (u * yy + w * xx) / n)
+        wave /= np.linalg.norm(wave)
+        signs = np.random.default_rng([seed, int(u), int(w)]).integers(0, 2, (len(x_np), 3)) * 2 - 1
+        wrong = np.zeros(2)
+        for x, y, s in zip(x_np, y_np, signs, strict=True):
+            wrong += top1_top5_wrong(np.clip(x + eps * s[:, None, None] * wave, 0, 1), y)
+        row, col = (u + n // 2) % n, (w + n // 2) % n  # DC at the centre
+        assert res.error[row, col] == pytest.approx(wrong[0] / len(x_np))
+        assert res.error_top5[row, col] == pytest.approx(wrong[1] / len(x_np))
+    clean = [top1_top5_wrong(x, y) for x, y in zip(x_np, y_np, strict=True)]
+    assert res.clean_error_top5 == pytest.approx(np.mean([c[1] for c in clean]))
+    assert res.clean_error_top5 <= res.clean_error
+    assert np.all(res.error_top5 <= res.error) and res.error_top5.max() > 0
 
 
 def test_periodic_saves_survive_a_hard_kill(tmp_path):
@@ -290,6 +324,30 @@ def test_figures_share_one_colour_scale(tmp_path):
     ):
         with Image.open(path) as im:
             assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_top5_maps_get_their_own_row_beside_top1(tmp_path):
+    """Heatmap and side-by-side figures draw a top-5 row when the results have the map (each row
+    on its own shared scale); maps read back from older runs (no top-5) keep one row."""
+    import dataclasses
+
+    from PIL import Image
+
+    from fastdino_cli.figures.fourier import plot_heatmap, plot_side_by_side
+
+    classify, images, labels = linear_problem(classes=9)
+    res = compute_fourier_heatmap(classify, images, labels, eps=3.0)
+    old = dataclasses.replace(res, error_top5=None, clean_error_top5=None)
+    heights = {}
+    for name, r in (("new", res), ("old", old)):
+        for kind, path in (
+            ("heatmap", plot_heatmap(r, name, tmp_path / f"{name}_h.png")),
+            ("side", plot_side_by_side([r, r], ["a", "b"], tmp_path / f"{name}_s.png")),
+        ):
+            with Image.open(path) as im:
+                heights[name, kind] = im.size[1]
+    for kind in ("heatmap", "side"):
+        assert heights["new", kind] == pytest.approx(2 * heights["old", kind], rel=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -398,6 +456,27 @@ def test_the_run_writes_numbers_and_the_figures_are_drawn_from_them(
     radii, means = radial_profile(result)
     assert [int(r["radius"]) for r in rows] == radii.tolist()
     np.testing.assert_allclose([float(r["error"]) for r in rows], means)
+    np.testing.assert_allclose(
+        [float(r["error_top5"]) for r in rows], radial_profile(result, top5=True)[1]
+    )
+    # top-5 beside top-1: arrays, meta, summary, and read back by the report's reader
+    import json
+
+    folder = run.out / "final"
+    np.testing.assert_array_equal(np.load(folder / "error_top5.npy"), result.error_top5)
+    np.testing.assert_allclose(
+        np.load(folder / "error_top5_minus_clean.npy"),
+        result.error_top5 - result.clean_error_top5,
+    )
+    np.testing.assert_array_equal(back.error_top5, result.error_top5)
+    assert back.clean_error_top5 == result.clean_error_top5
+    assert np.nanmax(result.error_top5 - result.error) <= 0  # top-5 errs no more than top-1
+    meta = json.loads((folder / "meta.json").read_text())
+    summary = json.loads((run.out / "summary.json").read_text())["checkpoints"][0]
+    for d in (meta, summary):
+        assert d["clean_error_top5"] == result.clean_error_top5
+        assert d["mean_error_top5"] == pytest.approx(float(np.nanmean(result.error_top5)))
+    assert meta["precision"] == {"autocast": None, "storage": "float32"}  # probed on CPU
     drawn = draw_fourier_run(run)
     assert [p.name for p in drawn] == ["heatmap.png", "side_by_side.png", "radial.png"]
     assert all(p.is_file() for p in drawn)

@@ -465,3 +465,126 @@ def test_similarity_targets_match_torch_cosine():
     torch.testing.assert_close(got, torch.nn.functional.cosine_similarity(emb, concept))
     proj = similarity_targets(concept, "projection")[0](emb[0])
     torch.testing.assert_close(proj, emb[0] @ concept[0] / concept[0].norm())
+
+
+# ---- several target layers (a head reading the last blocks' CLS) ----------------------------
+
+
+def test_probe_layers_name_the_first_norm_of_every_block_the_head_reads():
+    from fastdino_cli.eval.gradcam.spec import target_layers
+
+    assert target_layers("probe", 4) == [f"blocks.-{k}.norm1" for k in (4, 3, 2, 1)]
+    assert target_layers("probe", 1) == target_layers("probe", None) == ["blocks.-1.norm1"]
+    assert target_layers("blocks.0.norm1, blocks.-1.norm1", 4) == [
+        "blocks.0.norm1",
+        "blocks.-1.norm1",
+    ]
+    with pytest.raises(ConfigError, match="names no layer"):
+        target_layers(" , ", 4)
+
+
+def _grad_cam_by_hand(model, vit, x, classes, layers, prefix=3):
+    """Grad-CAM written out: per layer relu(sum_c mean_grad_c * act_c) on the patch grid,
+    min-max scaled and resized (bilinear) to the input; the layers' maps averaged and scaled."""
+    import cv2
+
+    acts = {}
+    hooks = [
+        resolve_module(vit, name).register_forward_hook(
+            lambda m, i, o, name=name: acts.__setitem__(name, o)
+        )
+        for name in layers
+    ]
+    try:
+        with torch.enable_grad():
+            xx = x.clone().requires_grad_(True)
+            logits = model(xx)
+            for o in acts.values():
+                o.retain_grad()
+            logits[torch.arange(len(x)), torch.tensor(classes)].sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    gh, gw = x.shape[-2] // 8, x.shape[-1] // 8
+    per_layer = []
+    for name in layers:
+        a = acts[name][:, prefix:].detach().reshape(len(x), gh, gw, -1).numpy()
+        g = acts[name].grad[:, prefix:].reshape(len(x), gh, gw, -1).numpy()
+        cam = np.maximum((a * g.mean(axis=(1, 2), keepdims=True)).sum(-1), 0)
+        cam = cam - cam.min(axis=(1, 2), keepdims=True)
+        cam = cam / (1e-7 + cam.max(axis=(1, 2), keepdims=True))
+        per_layer.append(np.stack([cv2.resize(c, (x.shape[-1], x.shape[-2])) for c in cam]))
+    mean = np.mean(per_layer, axis=0)
+    mean -= mean.min(axis=(1, 2), keepdims=True)
+    return mean / (1e-7 + mean.max(axis=(1, 2), keepdims=True))
+
+
+def test_several_target_layers_average_the_per_layer_maps():
+    """Against Grad-CAM computed by hand at each layer, averaged by the package's rule."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="vit_tiny", patch_size=8, img_size=32, embed_dim=32, depth=3, num_heads=2,
+        num_register_tokens=2, layerscale_init=None,
+    )  # fmt: skip
+    vit = build_vit(cfg).eval()
+    model = nn.Sequential(vit, nn.Linear(32, 5)).requires_grad_(False)
+    x = torch.randn(3, 3, 32, 48)
+    layers = ["blocks.-3.norm1", "blocks.-2.norm1", "blocks.-1.norm1"]
+    targets = class_targets([0, 2, 4])
+    all3 = compute_cam(model, x, targets, backbone=vit, target_layer=layers)
+    np.testing.assert_allclose(all3, _grad_cam_by_hand(model, vit, x, [0, 2, 4], layers), atol=1e-4)
+    last = compute_cam(model, x, targets, backbone=vit, target_layer=layers[-1])
+    np.testing.assert_allclose(
+        last, _grad_cam_by_hand(model, vit, x, [0, 2, 4], layers[-1:]), atol=1e-4
+    )
+    assert np.abs(all3 - last).max() > 0.05  # the earlier blocks change the map
+
+
+def test_classifier_precision_policy_is_fp32_for_gradients_and_restored():
+    """A probe classifier predicting under bf16 autocast gives the fp32 map (the package cannot
+    convert bf16 activations); its policy is back in place afterwards."""
+    from fastdino_cli.eval.classifier import ProbeClassifier
+    from fastdino_cli.eval.features import FP32, Precision
+
+    vit = tiny_vit(regs=2)
+    head = nn.Linear(64, 5)
+    clf = ProbeClassifier(
+        vit, head, n_last_blocks=2, avgpool=False, recipe=FeatureRecipe(37, 32),
+        class_names=list("abcde"), precision=FP32,
+    )  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    ref = compute_cam(clf, x, class_targets([0, 1]), backbone=vit, target_layer="blocks.-1.norm1")
+    with torch.no_grad():
+        fp32_logits = clf(x)
+        policy = Precision(autocast="bfloat16", storage="float16")
+        clf.precision = policy
+        assert (clf(x) - fp32_logits).abs().max() > 0  # the prediction runs under the policy
+    maps = compute_cam(clf, x, class_targets([0, 1]), backbone=vit, target_layer="blocks.-1.norm1")
+    np.testing.assert_allclose(maps, ref, atol=1e-6)
+    assert clf.precision is policy
+
+
+def test_probe_layers_per_checkpoint_recorded_with_a_caveat(tmp_path, demo_data, capsys):
+    """--layer probe on a head reading 4 blocks averages their maps; the default layer says
+    what it leaves out."""
+    classes = sorted(demo_data.class_names)
+    path = tiny_checkpoint(tmp_path / "deep" / "final.pt", depth=4)
+    g = torch.Generator().manual_seed(0)
+    entry = make_probe_entry(
+        weight=torch.randn(len(classes), 4 * 32, generator=g), bias=torch.zeros(len(classes)),
+        n_last_blocks=4, avgpool=False, lr=0.01, recipe=FeatureRecipe(37, 32),
+        class_names=classes, accuracy={}, protocol={},
+    )  # fmt: skip
+    save_probe_entry(path, entry)
+    kw = dict(data=demo_data.val, per_class=1, device="cpu", progress=False)
+    last = run_gradcam([path], **kw)
+    assert "reads the CLS of its last 4 blocks" in capsys.readouterr().err
+    probe = run_gradcam([path], target_layer="probe", out=tmp_path / "o", **kw)
+    assert capsys.readouterr().err == ""
+    assert last.columns[0].target_layers == ["blocks.-1.norm1"]
+    assert probe.columns[0].target_layers == [f"blocks.-{k}.norm1" for k in (4, 3, 2, 1)]
+    assert not np.allclose(probe.columns[0].maps, last.columns[0].maps, atol=1e-3)
+    meta = json.loads((tmp_path / "o" / "gradcam.json").read_text())
+    assert meta["target_layer"] == "probe"
+    assert meta["columns"][0]["target_layers"] == probe.columns[0].target_layers
+    draw_gradcam(probe, tmp_path / "o")

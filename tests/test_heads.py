@@ -200,10 +200,7 @@ def test_prototype_scale_param_group_lr_wd_and_freeze_follow_the_reference():
     sched = Schedules(OPTIM, TeacherConfig(), CurriculumConfig(), E, EPOCHS * E, BATCH)
     lr, wd, last_lr = reference_schedules()
     g_group = next(g for g in opt.param_groups if "dino_head.last_layer.weight_g" in g["names"])
-    # warmup excluded here: see test_lr_warmup_endpoint_follows_the_reference
     for t in [0, 1, 5, FREEZE * E - 1, FREEZE * E, FREEZE * E + 1, 45, EPOCHS * E - 1]:
-        if 0 < t < WARMUP * E:
-            continue
         apply_schedule(opt, sched.at(t))
         assert g_group["lr"] == pytest.approx(last_lr[t], rel=1e-9, abs=1e-15), t
         assert g_group["weight_decay"] == pytest.approx(wd[t], rel=1e-9), t
@@ -211,11 +208,6 @@ def test_prototype_scale_param_group_lr_wd_and_freeze_follow_the_reference():
         assert (g_group["lr"] == 0.0) == frozen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train/schedules.py warms up as peak * t / W; DINOv2's np.linspace(0, peak, W) "
-    "reaches the peak at t = W - 1 (t / (W - 1)): reported to the lead, outside issue 19",
-)
 def test_lr_warmup_endpoint_follows_the_reference():
     sched = Schedules(OPTIM, TeacherConfig(), CurriculumConfig(), E, EPOCHS * E, BATCH)
     lr, _, _ = reference_schedules()

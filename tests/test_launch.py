@@ -105,5 +105,5 @@ def test_more_gpus_than_present_is_a_one_line_error(tmp_path, monkeypatch, capsy
     assert code == 2
     assert err.strip() == (
         "fastdino: error: --gpus 4 asks for 4 GPUs but this machine has 0; lower --gpus "
-        "(several machines: see README 'Scaling out')"
+        "(several machines: see docs/scaling-out.md)"
     )

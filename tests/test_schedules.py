@@ -110,7 +110,8 @@ def test_schedule_values_at_chosen_steps():
     assert v0.lr == 0.0 and v0.last_layer_lr == 0.0
     assert v0.weight_decay == pytest.approx(0.04) and v0.momentum == pytest.approx(0.992)
     assert v0.teacher_temp == pytest.approx(0.04)
-    assert s.at(50).lr == pytest.approx(peak * 50 / 100)
+    assert s.at(50).lr == pytest.approx(peak * 50 / 99)  # np.linspace(0, peak, 100)[50]
+    assert s.at(99).lr == pytest.approx(peak)  # the warmup's last iteration reaches the peak
     assert s.at(5).last_layer_lr == 0.0 and s.at(10).last_layer_lr == s.at(10).lr
     assert s.at(100).lr == pytest.approx(peak)
     assert s.at(150).teacher_temp == pytest.approx(0.04 + 0.03 * 150 / 300)
@@ -133,7 +134,7 @@ def test_restart_resets_every_schedule():
     assert r.momentum == pytest.approx(0.992) and r.weight_decay == pytest.approx(0.04)
     assert r.teacher_temp == pytest.approx(0.04)
     peak = 0.004 * math.sqrt(256 / 1024)
-    assert s.at(1525).lr == pytest.approx(peak * 25 / 50)  # stage warmup: 5 epochs
+    assert s.at(1525).lr == pytest.approx(peak * 25 / 49)  # stage warmup: 5 epochs
     assert s.at(1550).lr == pytest.approx(peak)
     assert s.at(1999).lr < 1e-5 and s.at(1999).momentum > 0.9999
 
@@ -203,7 +204,7 @@ def test_paper_presets_reproduce_the_curriculum_recipe():
     cfg = resolve_config("vitb16-in1k")
     total = cfg.total_iterations
     assert total == 200 * 2500
-    segs = segments(cfg.curriculum, total, cfg.train.epoch_length)
+    segs = segments(cfg.curriculum, total, cfg.iterations_per_epoch)
     assert [(s.start_step, s.length) for s in segs] == [(0, 500000), (375000, 125000)]
     assert stage_at_step(cfg.curriculum, 374999, total).global_crops_size == 112
     assert stage_at_step(cfg.curriculum, 375000, total).noise_patching.max_sigma == 0.2

@@ -1,5 +1,5 @@
 """Exports to timm compute fastdino's function: strict loads, features equal within 1e-5 at the
-native grid, at 2x and at a non-square size, loaded exactly as the README says."""
+native grid, at 2x and at a non-square size, loaded exactly as docs/checkpoints.md says."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def timm_from_metadata(path):
-    """The README's lines for any export."""
+    """The lines docs/checkpoints.md gives for any export."""
     kwargs = json.loads(safe_open(str(path), "pt").metadata()["timm_kwargs"])
     if kwargs.get("mlp_layer") == "SwiGLUPacked":
         kwargs["mlp_layer"] = timm.layers.SwiGLUPacked

@@ -82,7 +82,7 @@ def _trainer(cfg) -> tuple[SSLMetaArch, torch.optim.Optimizer, TrainStep]:
 
 
 def _schedules(cfg) -> Schedules:
-    return build_schedules(cfg, cfg.train.batch_size_per_gpu)
+    return build_schedules(cfg, world_size=1)
 
 
 def _batch(cfg, step: int, nan: bool = False):

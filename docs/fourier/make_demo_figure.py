@@ -1,4 +1,4 @@
-"""Rebuild the README's Fourier heatmap figure from the embedded demo data (CPU, minutes).
+"""Rebuild the Fourier heatmap figures of docs/fourier.md from the demo data (CPU, minutes).
 
 No trained checkpoint exists in this repository yet, so the two models are RANDOM-INIT tiny
 ViTs (patch 8 and patch 16, 64 px) with a linear probe trained on their frozen features: the

@@ -7,16 +7,15 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.rundir import CORRUPT_DIR
 
-EXAMPLES = """
-Examples:\n
-  fastdino corrupt-eval runs/x/final.pt --imagenet-c /data/imagenet-c --clean /data/imagenet/val\n
-  fastdino corrupt-eval a.pt b.pt --val /data/in100/val --write-c /data/in100-c --workers 8\n
-  fastdino corrupt-eval final.pt --val DIR --corruptions noise,fog --severities 1,3,5 --examples
-"""
+EXAMPLES = examples(
+    "fastdino corrupt-eval runs/x/final.pt --imagenet-c /data/imagenet-c --clean /data/in1k/val",
+    "fastdino corrupt-eval a.pt b.pt --val /data/in100/val --write-c /data/in100-c --workers 8",
+    "fastdino corrupt-eval final.pt --val DIR --corruptions noise,fog --severities 1,3,5",
+)
 
 
 def corrupt_eval_command(
@@ -45,8 +44,15 @@ def corrupt_eval_command(
         int | None, typer.Option(min=1, help="Use at most N images per class.")
     ] = None,
     resize_c: Annotated[
-        bool, typer.Option(help="--imagenet-c: use the probe's resize + crop, not a crop only.")
+        bool,
+        typer.Option(
+            help="--imagenet-c: the probe's resize + crop, not a crop only (FastDINOv2's way)."
+        ),
     ] = False,
+    jpeg: Annotated[
+        bool,
+        typer.Option(help="--val: JPEG q85 round trip after corrupting, as the released files."),
+    ] = True,
     out: Annotated[Path, typer.Option("--out", help="Folder for CSV, JSON and figures.")] = Path(
         CORRUPT_DIR
     ),
@@ -72,7 +78,8 @@ def corrupt_eval_command(
     result = run_corrupt_eval(
         checkpoints, imagenet_c=imagenet_c, val=val, clean=clean, write_c=write_c,
         corruptions=corruptions, severities=severities, seed=seed, batch_size=batch_size,
-        workers=workers, device=device, max_per_class=max_per_class, resize_c=resize_c, out=out,
+        workers=workers, device=device, max_per_class=max_per_class, resize_c=resize_c,
+        jpeg=jpeg, out=out,
     )  # fmt: skip
     drawn = draw_corrupt_eval(
         result, out, bars=figures, examples=examples, example_image=example_image,
@@ -83,8 +90,5 @@ def corrupt_eval_command(
         typer.echo(f"{kind}: {path}")
 
 
-corrupt_eval_command.__doc__ = (corrupt_eval_command.__doc__ or "") + EXAMPLES
-
-
 def register(app: typer.Typer) -> None:
-    app.command("corrupt-eval")(corrupt_eval_command)
+    app.command("corrupt-eval", epilog=EXAMPLES)(corrupt_eval_command)

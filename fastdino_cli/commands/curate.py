@@ -8,16 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
+from fastdino_cli.commands._common import examples
 from fastdino_cli.curate.settings import CurateSettings
 from fastdino_cli.devices import DEVICE_HELP
 
-EXAMPLES = """
-Examples:
-
-  fastdino curate --pool /data/scraped --query /data/labelled --checkpoint runs/b16/final.pt \\
-      --eval /data/labelled-val --out curation/
-  fastdino pretrain --preset vitb16-in1k data.train=curation/curated.txt --out runs/curated
-"""
+EXAMPLES = examples(
+    "fastdino curate --pool /data/scraped --query /data/labelled --checkpoint runs/b16/final.pt "
+    "--eval /data/labelled-val --out curation/",
+    "fastdino curate --pool pool.txt --query examples/ --checkpoint vitb14.pt --out curation/ "
+    "--json",
+)
 
 D = CurateSettings()  # the defaults (curate.settings imports neither torch nor faiss)
 _Pool = Annotated[

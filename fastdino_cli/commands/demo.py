@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fastdino_cli.commands._common import examples
+
 
 def demo_command(
     out: Annotated[
@@ -31,5 +33,12 @@ def demo_command(
     typer.echo(f"report: {path}")
 
 
+EXAMPLES = examples(
+    "fastdino demo                        # what `make demo` runs: demo_out/report/report.md",
+    "fastdino demo --steps-scale 0.2      # a five times shorter training, for a first look",
+    "fastdino demo --full                 # corrupt-eval at all five severities",
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("demo", epilog="Example: fastdino demo --out demo_out")(demo_command)
+    app.command("demo", epilog=EXAMPLES)(demo_command)

@@ -7,17 +7,14 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
 
-EXAMPLES = """
-Examples:
-
-  fastdino fourier-heatmap runs/fast/final.pt runs/base/final.pt --data /datasets/in100/val \\
-      --window 63 --radial --out figs/fourier
-
-  fastdino fourier-heatmap runs/demo/final.pt --data demo-data/val --max-images 50 --out out/f
-"""
+EXAMPLES = examples(
+    "fastdino fourier-heatmap runs/fast/final.pt runs/base/final.pt --data /datasets/in100/val "
+    "--window 63 --radial --out figs/fourier",
+    "fastdino fourier-heatmap runs/demo/final.pt --data demo_out/data/val --max-images 50",
+)
 
 
 def fourier_command(
@@ -64,7 +61,8 @@ def fourier_command(
     ] = False,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     bf16: Annotated[
-        bool, typer.Option("--bf16", help="bfloat16 autocast for the forward passes (CUDA).")
+        bool,
+        typer.Option("--bf16", hidden=True, help="Deprecated: the probe's precision is used."),
     ] = False,
 ) -> None:
     """Fourier error-sensitivity heatmaps (Yin et al. 2019) of one or more checkpoints.
@@ -75,6 +73,12 @@ def fourier_command(
     from fastdino_cli.eval.fourier.run import run_fourier_heatmaps
     from fastdino_cli.figures.fourier import draw_fourier_run
 
+    if bf16:
+        typer.echo(
+            "fastdino: warning: --bf16 is deprecated and ignored: the classifier runs with the "
+            "precision its probe head was trained with",
+            err=True,
+        )
     run = run_fourier_heatmaps(
         checkpoints,
         data,
@@ -88,12 +92,12 @@ def fourier_command(
         batch_size=batch_size,
         radial=radial,
         device=device,
-        bf16=bf16,
     )
     for label, result in zip(run.labels, run.results, strict=True):
         typer.echo(
             f"{label}: clean error {result.clean_error:.4f}, mean error over "
-            f"{len(result.freqs)} bases {float(result.per_frequency.mean()):.4f}"
+            f"{len(result.freqs)} bases {float(result.per_frequency.mean()):.4f}; top-5: clean "
+            f"{result.clean_error_top5:.4f}, mean {float(result.per_frequency_top5.mean()):.4f}"
         )
     for path in [*run.files["shared"], *draw_fourier_run(run)]:
         typer.echo(f"wrote {path}")

@@ -7,20 +7,20 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
-from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER, METHOD_NAMES, TARGET_HELP
+from fastdino_cli.eval.gradcam.spec import (
+    DEFAULT_TARGET_LAYER,
+    LAYER_HELP,
+    METHOD_NAMES,
+    TARGET_HELP,
+)
 
-EXAMPLES = """Examples:
-
-  fastdino gradcam runs/fast/final.pt runs/base/final.pt --data val/ --per-class 2 --out cam/
-
-  fastdino gradcam runs/fast/final.pt --images photos/ --target class:cat
-
-  fastdino gradcam runs/fast/final.pt --data val/ --target prototype --prototype-data train/
-
-  fastdino gradcam runs/fast/final.pt --images photos/ --method eigencam
-"""
+EXAMPLES = examples(
+    "fastdino gradcam runs/fast/final.pt runs/base/final.pt --data val/ --per-class 2 --out cam/",
+    "fastdino gradcam runs/fast/final.pt --images photos/ --target class:cat",
+    "fastdino gradcam runs/fast/final.pt --images photos/ --method eigencam   # no probe needed",
+)
 
 
 def gradcam_command(
@@ -43,9 +43,7 @@ def gradcam_command(
     method: Annotated[
         str, typer.Option(help=f"Saliency method: {', '.join(METHOD_NAMES)}.")
     ] = "gradcam",
-    layer: Annotated[
-        str, typer.Option(help="Target layer, a dotted path below the backbone.")
-    ] = DEFAULT_TARGET_LAYER,
+    layer: Annotated[str, typer.Option(help=LAYER_HELP)] = DEFAULT_TARGET_LAYER,
     prototype_data: Annotated[
         Path | None,
         typer.Option(help="Labelled folder whose class means are the prototypes (default --data)."),

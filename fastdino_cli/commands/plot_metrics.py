@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fastdino_cli.commands._common import examples
+
 
 def plot_metrics_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (holds metrics.jsonl).")],
@@ -20,7 +22,11 @@ def plot_metrics_command(
     typer.echo(f"wrote {plot_metrics(run_dir, out)}")
 
 
+EXAMPLES = examples(
+    "fastdino plot-metrics runs/demo                      # writes runs/demo/metrics.png",
+    "fastdino plot-metrics runs/b16 --out figs/b16-curves.pdf",
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("plot-metrics", epilog="Example: fastdino plot-metrics runs/demo")(
-        plot_metrics_command
-    )
+    app.command("plot-metrics", epilog=EXAMPLES)(plot_metrics_command)

@@ -15,26 +15,20 @@ from fastdino_cli.commands._common import (
     JsonOpt,
     OverridesArg,
     PresetOpt,
+    examples,
 )
 from fastdino_cli.config import resolve_config
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.rundir import CHECKPOINT
 from fastdino_cli.train import launch
 
-EXAMPLES = """Examples:
-
-  fastdino pretrain --preset demo                          # both curriculum stages, CPU
-
-  fastdino pretrain --preset vitb16-in1k data.train=/datasets/imagenet/train
-
-  fastdino pretrain --out runs/demo --resume               # continue a run (config.yaml)
-
-  fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=...   # FSDP2 on 8 GPUs
-
-  fastdino pretrain --preset vitb16-in1k --plan --compare vitb16-in1k-dinov2   # FLOPs, no data
-
-  fastdino pretrain --preset vitb16-in1k --plan --gpus 8 --gpu-mem 80   # memory per GPU
-"""
+EXAMPLES = examples(
+    "fastdino pretrain --preset demo                    # the curriculum on the demo data, CPU",
+    "fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=/datasets/in1k/train "
+    "--out runs/b16",
+    "fastdino pretrain --out runs/b16 --resume          # continue a run from its config.yaml",
+    "fastdino pretrain --preset vitb16-in1k --plan --gpus 8 --gpu-mem 80   # memory per GPU",
+)
 
 
 def pretrain_command(
@@ -57,8 +51,8 @@ def pretrain_command(
             "--gpus",
             min=1,
             help="GPUs on this machine: N > 1 re-runs the command under `accelerate launch` "
-            "with FSDP2 (several machines: see README 'Scaling out'); with --plan, the GPUs "
-            "the totals assume (default 1).",
+            "with FSDP2 (several machines: see docs/scaling-out.md); with --plan, the GPUs "
+            "the per-GPU batch is planned for (default 1).",
         ),
     ] = None,
     overrides: OverridesArg = None,
@@ -94,6 +88,7 @@ def pretrain_command(
         _plan(cfg, plan, compare, as_json, gpus, gpu_mem)
         return
     if gpus is not None and gpus > 1 and not launch.already_launched():
+        cfg.batch(gpus)  # an indivisible global batch: one line before any process starts
         args = _pretrain_args(preset, config, out, resume, force_config, overrides)
         launch.relaunch(Path(cfg.train.output_dir), gpus, args)
         return
@@ -192,12 +187,9 @@ def _pretrain_args(preset, config, out, resume, force_config, overrides) -> list
 
 
 def _overlay(data: dict, items: list[str]):
-    from fastdino_cli.config import apply_override, parse_override, validate_config
+    from fastdino_cli.config import apply_overrides, validate_config
 
-    for item in items:
-        key, value = parse_override(item)
-        data = apply_override(data, key, value)
-    return validate_config(data)
+    return validate_config(apply_overrides(data, items))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,19 +9,17 @@ from typing import Annotated
 
 import typer
 
-from fastdino_cli.commands._common import CheckpointsArg
+from fastdino_cli.commands._common import CheckpointsArg, examples
 from fastdino_cli.devices import DEVICE_HELP
 from fastdino_cli.errors import ConfigError
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
-EXAMPLES = """
-Examples:
-
-  fastdino probe runs/demo/final.pt --train demo-data/train --val demo-data/val --baseline-random
-
-  fastdino probe runs/a/final.pt runs/b/final.pt --train IN/train --val IN/val --csv probe.csv
-"""
+EXAMPLES = examples(
+    "fastdino probe runs/demo/final.pt --train demo_out/data/train --val demo_out/data/val",
+    "fastdino probe runs/x/final.pt --train IN/train --val IN/val --shots 1,2,5,10 --tries 5",
+    "fastdino probe runs/x/final.pt --train IN/train --val IN/val --test imagenet-r --refit",
+)
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -91,6 +89,33 @@ _Seed = Annotated[
 ]
 
 
+_Shots = Annotated[
+    str | None,
+    typer.Option("--shots", help="Few-shot kNN/linear: images per class, e.g. 1,2,5,10."),
+]
+_Tries = Annotated[
+    int, typer.Option("--tries", min=1, help="Seeded draws per --shots value (mean and std).")
+]
+_Test = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--test",
+        metavar="DIR",
+        help="Extra labelled folder with a subset of the classes (ImageNet-A/-R); repeatable.",
+    ),
+]
+_Refit = Annotated[
+    bool,
+    typer.Option("--refit", help="Retrain the chosen head on all of train; store that one."),
+]
+_TopConfusions = Annotated[
+    int, typer.Option("--top-confusions", min=0, help="Confusion pairs shown and kept.")
+]
+_NoFigures = Annotated[
+    bool, typer.Option("--no-figures", help="Skip the per-class accuracy figure.")
+]
+
+
 def probe_command(
     checkpoints: CheckpointsArg,
     train: _Train,
@@ -113,11 +138,18 @@ def probe_command(
     device: _Device = "auto",
     workers: _Workers = DEFAULT_WORKERS,
     seed: _Seed = 0,
+    shots: _Shots = None,
+    tries: _Tries = 5,
+    test: _Test = None,
+    refit: _Refit = False,
+    top_confusions: _TopConfusions = 10,
+    no_figures: _NoFigures = False,
 ) -> None:
     """kNN and linear probes on frozen teacher features; stores the chosen head in the checkpoint.
 
     The linear head is chosen on a split held out from --train, then evaluated once on --val;
     "best on val" is the reference protocol's optimistic figure, shown for comparison.
+    Per-class accuracy and top confusions go to probe/ beside the checkpoint (see docs/probe.md).
     """
     from fastdino_cli.eval.probe.result import format_table
     from fastdino_cli.eval.probe.run import run_probe
@@ -128,14 +160,24 @@ def probe_command(
         baseline_random=baseline_random, augment=augment, invariance=invariance, out=out,
         write=not no_write, use_cache=not no_cache, resize=resize, crop=crop, device=device,
         num_workers=workers, seed=seed, csv=csv,
+        shots=_ints(shots, "--shots") if shots is not None else (), tries=tries,
+        tests=test or (), refit=refit, top_confusions_n=top_confusions,
     )  # fmt: skip
+    drawn = []
+    if not no_figures:
+        from fastdino_cli.figures.probe import draw_probe
+
+        drawn = draw_probe(report)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     typer.echo(format_table(report))
     for row in report.rows:
         if row.stored_in:
-            typer.echo(f"probe head ({row.linear.spec.label()}) stored in {row.stored_in}")
+            which = "refit " if row.refit else ""
+            typer.echo(f"probe head ({which}{row.linear.spec.label()}) stored in {row.stored_in}")
+    for path in drawn:
+        typer.echo(f"per-class accuracy: {path} (and its .csv)")
 
 
 def register(app: typer.Typer) -> None:

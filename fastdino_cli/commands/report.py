@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-EXAMPLES = """Examples:
+from fastdino_cli.commands._common import examples
 
-  fastdino report demo_out/runs/demo-dinov2 demo_out/runs/demo --out demo_out/report
-
-  fastdino report runs/base runs/fast --out report/ --run-missing --data /datasets/in100
-"""
+EXAMPLES = examples(
+    "fastdino report demo_out/runs/dinov2 demo_out/runs/fastdinov2 --out demo_out/report",
+    "fastdino report runs/base runs/fast --out report/ --run-missing --data /datasets/in100",
+)
 
 
 def report_command(

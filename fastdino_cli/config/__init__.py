@@ -20,6 +20,8 @@ The package, one concept per module (import from ``fastdino_cli.config``, not th
     objective.py  dino.*, ibot.*, heads, train.centering.*, teacher.*
     optim.py      optim.*                      stages.py   curriculum.*
     run.py        train.*, distributed.*       schema.py   Config: the root, cross-section checks
+    batch.py      global / per-device batch, epoch in images or iterations, old run keys
+    paper.py      paper.*: a paper preset's recipe, and where a run departs from it
     yamlio.py     YAML from users: alias bombs refused, one-line errors
     overrides.py  key=value, validation, did-you-mean
     presets.py    the registry (extends:), resolve_config, YAML round trip
@@ -28,6 +30,7 @@ The package, one concept per module (import from ``fastdino_cli.config``, not th
 """
 
 from fastdino_cli.config.base import Section
+from fastdino_cli.config.batch import Batch, restate_stored_run
 from fastdino_cli.config.inputs import CropsConfig, DataConfig
 from fastdino_cli.config.model import ARCH_NAMES, ModelConfig
 from fastdino_cli.config.objective import (
@@ -39,6 +42,7 @@ from fastdino_cli.config.objective import (
 )
 from fastdino_cli.config.optim import OptimConfig
 from fastdino_cli.config.overrides import apply_override, parse_override, validate_config
+from fastdino_cli.config.paper import PaperConfig, paper_departures
 from fastdino_cli.config.paths import (
     DEMO_DATA_ALIAS,
     PATH_KEYS,
@@ -47,11 +51,13 @@ from fastdino_cli.config.paths import (
 )
 from fastdino_cli.config.plain import deep_merge
 from fastdino_cli.config.presets import (
+    apply_overrides,
     config_to_yaml,
     list_presets,
     load_config_yaml,
     preset_dir,
     resolve_config,
+    run_config_yaml,
 )
 from fastdino_cli.config.run import DistributedConfig, TrainConfig
 from fastdino_cli.config.schema import MAX_ITERATIONS, Config
@@ -60,6 +66,7 @@ from fastdino_cli.config.yamlio import MAX_YAML_VALUES, load_yaml
 
 __all__ = [
     "ARCH_NAMES",
+    "Batch",
     "DEMO_DATA_ALIAS",
     "MAX_ITERATIONS",
     "MAX_YAML_VALUES",
@@ -76,20 +83,25 @@ __all__ = [
     "ModelConfig",
     "NoisePatchingConfig",
     "OptimConfig",
+    "PaperConfig",
     "Section",
     "StageConfig",
     "TeacherConfig",
     "TrainConfig",
     "absolute_path",
     "apply_override",
+    "apply_overrides",
     "config_to_yaml",
     "deep_merge",
     "list_presets",
     "load_config_yaml",
     "load_yaml",
+    "paper_departures",
     "parse_override",
     "preset_dir",
     "resolve_config",
+    "restate_stored_run",
+    "run_config_yaml",
     "validate_config",
     "with_absolute_paths",
 ]

@@ -12,7 +12,8 @@ class OptimConfig(Section):
     """AdamW, the learning-rate and weight-decay schedules and parameter groups."""
 
     epochs: float = Field(100, gt=0)
-    """Length of the run in "epochs" of ``train.epoch_length`` iterations."""
+    """Length of the run in "epochs" (``train.epoch_length`` iterations, or
+    ``train.epoch_images`` images)."""
     warmup_epochs: float = Field(10, ge=0)
     """Epochs of linear learning-rate warmup from 0 (restarted segments: see the stage's
     ``warmup_epochs``)."""

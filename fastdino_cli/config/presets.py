@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from fastdino_cli.config.batch import clear_partner_of_override, clear_partners
 from fastdino_cli.config.overrides import apply_override, parse_override, suggest, validate_config
+from fastdino_cli.config.paper import departures_note
 from fastdino_cli.config.plain import deep_merge
 from fastdino_cli.config.schema import Config
 from fastdino_cli.config.yamlio import load_yaml, read_yaml_mapping
@@ -59,7 +61,7 @@ def _load_preset_chain(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     raw = read_yaml_mapping(path)
     parent = raw.pop("extends", None)
     base = _load_preset_chain(str(parent), (*seen, name)) if parent else {}
-    return deep_merge(base, raw)
+    return clear_partners(deep_merge(base, raw), raw)
 
 
 def resolve_config(
@@ -75,16 +77,28 @@ def resolve_config(
     if config_file:
         file_data = read_yaml_mapping(Path(config_file))
         file_data.pop("extends", None)
-        data = deep_merge(data, file_data)
-    for item in overrides or []:
+        data = clear_partners(deep_merge(data, file_data), file_data)
+    return validate_config(apply_overrides(data, overrides or []))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``key=value`` items applied in order to plain config data; one that sets a batch or an
+    epoch key clears the other key of its pair (``config/batch.py``)."""
+    for item in overrides:
         key, value = parse_override(item)
-        data = apply_override(data, key, value)
-    return validate_config(data)
+        data = clear_partner_of_override(apply_override(data, key, value), key, value)
+    return data
 
 
 def config_to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what ``presets show`` prints and runs save)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def run_config_yaml(cfg: Config, world_size: int) -> str:
+    """A run's ``config.yaml``: the resolved config, headed by ``# paper:`` comment lines that
+    list where the run (on ``world_size`` processes) departs from its paper recipe."""
+    return departures_note(cfg, world_size) + config_to_yaml(cfg)
 
 
 def load_config_yaml(text: str, source: str = "config.yaml") -> Config:

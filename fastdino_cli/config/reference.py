@@ -125,7 +125,11 @@ def _table(prefix: str, fields: list[tuple[str, FieldInfo]]) -> str:
 
 
 def _section(f: FieldInfo) -> type[BaseModel] | None:
+    """The section class of a field that holds one (also ``Section | None``: ``paper``)."""
     ann = f.annotation
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = args[0] if len(args) == 1 else ann
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
@@ -180,6 +184,8 @@ def _bounds(f: FieldInfo) -> str:
 
 
 def _default(f: FieldInfo) -> str:
+    if f.is_required():
+        return "required"
     value = f.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="python")

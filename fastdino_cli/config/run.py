@@ -3,21 +3,43 @@ safety nets) and how it is sharded across processes."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fastdino_cli.config.base import Section
+from fastdino_cli.config.batch import check_batch_keys, fill_partners
 from fastdino_cli.config.objective import CenteringConfig
 
 
 class TrainConfig(Section):
     """The run: batch, length, outputs, precision and safety nets."""
 
-    batch_size_per_gpu: int = Field(64, ge=1)
-    """Images per process and step; the global batch is this times the number of processes."""
-    epoch_length: int = Field(1250, ge=1)
-    """Iterations per "epoch" (DINOv2's OFFICIAL_EPOCH_LENGTH): a pure multiplier."""
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key_per_pair(cls, data: Any) -> Any:
+        return fill_partners(data)  # batch and epoch keys: see config/batch.py
+
+    @model_validator(mode="after")
+    def _batch_keys(self) -> TrainConfig:
+        check_batch_keys(self)
+        return self
+
+    global_batch: int | None = Field(64, ge=1)
+    """Images per optimizer step, all processes together: the recipe's batch (paper presets:
+    40 on ImageNet-100, 512 on ImageNet-1K). Each process takes global_batch / processes, which
+    must divide evenly; the learning rate is scaled for it. Null: ``batch_size_per_gpu``."""
+    batch_size_per_gpu: int | None = Field(None, ge=1)
+    """Images per process and step instead of a global batch (which is then this x processes
+    and changes with the GPU count); setting one of the two batch keys clears the other. Runs
+    stored before ``global_batch`` existed name only this key."""
+    epoch_length: int | None = Field(1250, ge=1)
+    """Iterations per "epoch" (DINOv2's OFFICIAL_EPOCH_LENGTH): a pure multiplier. Null:
+    ``epoch_images``."""
+    epoch_images: int | None = Field(None, ge=1)
+    """An "epoch" in images instead (paper presets: 50,000 on ImageNet-100, 1,280,000 on
+    ImageNet-1K): epoch_images / global_batch iterations, rounded, so another global batch keeps
+    the images per epoch; setting one of the two epoch keys clears the other."""
     output_dir: str = "runs/fastdino"
     """Run directory (``--out``): config, metrics, checkpoints; resolved to an absolute path
     when the run starts."""

@@ -7,17 +7,19 @@ from typing import Any
 from pydantic import model_validator
 
 from fastdino_cli.config.base import Section
+from fastdino_cli.config.batch import Batch, batch_for_world, iterations_per_epoch
 from fastdino_cli.config.inputs import CropsConfig, DataConfig
 from fastdino_cli.config.model import ModelConfig
 from fastdino_cli.config.objective import DinoConfig, IbotConfig, TeacherConfig
 from fastdino_cli.config.optim import OptimConfig
+from fastdino_cli.config.paper import PaperConfig
 from fastdino_cli.config.plain import plain
 from fastdino_cli.config.run import DistributedConfig, TrainConfig
 from fastdino_cli.config.stages import CurriculumConfig
 
 MAX_ITERATIONS = 10**12
 """Longest run accepted (far beyond any real one): larger products of ``optim.epochs`` and
-``train.epoch_length`` overflow the integer step counts downstream."""
+the iterations per epoch overflow the integer step counts downstream."""
 
 
 class Config(Section):
@@ -51,6 +53,10 @@ class Config(Section):
     nets."""
     distributed: DistributedConfig = DistributedConfig()
     """Sharding across processes with FSDP2; ignored in a single process."""
+    paper: PaperConfig | None = None
+    """The published recipe a paper preset reproduces (null, the default: none), by its global
+    batch and epoch in images: ``--plan`` and the run's ``config.yaml`` list where a run
+    departs from it."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -59,11 +65,11 @@ class Config(Section):
         are not multiples of the patch (the border is dropped, as DINOv2's 96 px local crops with
         patch 14 do); invalid are sizes below one patch, a global crop smaller than the local
         crop it is paired with, and ranges that are swapped or out of bounds."""
-        total = self.optim.epochs * self.train.epoch_length
+        total = self.optim.epochs * self.iterations_per_epoch
         if not total <= MAX_ITERATIONS:  # finite values can still overflow the product
             raise ValueError(
-                f"optim.epochs={self.optim.epochs:g} x train.epoch_length="
-                f"{self.train.epoch_length} = {total:.3g} iterations; a run has at most "
+                f"optim.epochs={self.optim.epochs:g} x {self.iterations_per_epoch} iterations "
+                f"per epoch = {total:.3g} iterations; a run has at most "
                 f"{MAX_ITERATIONS:.0e}: lower optim.epochs"
             )
         self._check_crop_sizes()
@@ -120,9 +126,20 @@ class Config(Section):
                 raise ValueError(f"{key}=[{a}, {b}] must satisfy {rule}")
 
     @property
+    def iterations_per_epoch(self) -> int:
+        """Iterations of one "epoch": ``train.epoch_length``, or ``train.epoch_images`` over
+        the global batch (the same on any number of processes; ``config/batch.py``)."""
+        return iterations_per_epoch(self.train)
+
+    @property
     def total_iterations(self) -> int:
-        """Iterations of the whole run (``optim.epochs`` x ``train.epoch_length``)."""
-        return max(1, round(self.optim.epochs * self.train.epoch_length))
+        """Iterations of the whole run (``optim.epochs`` x ``iterations_per_epoch``)."""
+        return max(1, round(self.optim.epochs * self.iterations_per_epoch))
+
+    def batch(self, world_size: int) -> Batch:
+        """The global and per-device batch on ``world_size`` processes (``ConfigError`` when
+        the global batch does not divide over them)."""
+        return batch_for_world(self.train, world_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) for YAML and checkpoints."""

@@ -26,7 +26,10 @@ has about 200; a curriculum of many stages a few thousand)."""
 def load_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load(text)`` refusing alias bombs and recursive aliases; ``source`` names the
     file or override in the one-line ``ConfigError`` of a bad document."""
-    loader = yaml.SafeLoader(text)
+    try:  # the reader checks the characters as it is built: a NUL byte fails here
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -10,6 +10,7 @@ it, with the exact feature recipe it was trained on, in the checkpoint's ``probe
       "head": {"weight": (C, F) tensor, "bias": (C,) tensor},
       "n_last_blocks": int, "avgpool": bool, "lr": float,
       "recipe": {"resize_size", "crop_size", "mean", "std", "interpolation"},
+      "precision": {"autocast": "bfloat16" | "float16" | None, "storage": "float16" | "float32"},
       "class_names": [str, ...],
       "accuracy": {"linear_top1", "linear_top5", "holdout_top1", "best_on_val_top1", "knn": ...},
       "protocol": {...how it was trained: folders, sizes, epochs, batch, holdout, seed...},
@@ -17,7 +18,9 @@ it, with the exact feature recipe it was trained on, in the checkpoint's ``probe
 
 ``load_probe_classifier`` rebuilds backbone + head as one ``nn.Module`` that reproduces the
 reported accuracy: it computes features with ``features.probe_features`` and ``head_input``,
-the functions the head was trained on.
+the functions the head was trained on, under the precision policy the head's features were
+extracted with (``features.Precision``: autocast + fp16 storage on CUDA, fp32 on CPU). Entries
+written before the policy was recorded get the policy of the device in their ``protocol``.
 """
 
 from __future__ import annotations
@@ -32,13 +35,26 @@ from torch import Tensor, nn
 
 from fastdino_cli import checkpoint as ckpt_mod
 from fastdino_cli.errors import CheckpointError
-from fastdino_cli.eval.features import FeatureRecipe, eval_transform, head_input, probe_features
+from fastdino_cli.eval import features as _features
+from fastdino_cli.eval.features import (
+    FP32,
+    FeatureRecipe,
+    Precision,
+    eval_transform,
+    head_input,
+    probe_features,
+)
 
 PROBE_VERSION = 1
 
 
 class ProbeClassifier(nn.Module):
-    """Frozen backbone + the stored linear head; fp32, differentiable (Grad-CAM needs that)."""
+    """Frozen backbone + the stored linear head, differentiable (Grad-CAM needs that).
+
+    The backbone runs under ``precision`` (the policy the head's features were extracted with)
+    and its features are rounded as they were stored; the head itself runs in fp32. Grad-CAM
+    sets ``precision`` to ``FP32`` for its gradients (``gradcam.cam``).
+    """
 
     def __init__(
         self,
@@ -49,8 +65,10 @@ class ProbeClassifier(nn.Module):
         avgpool: bool,
         recipe: FeatureRecipe,
         class_names: list[str],
+        precision: Precision = FP32,
     ) -> None:
         super().__init__()
+        self.precision = precision
         self.backbone = backbone
         self.head = head
         self.n_last_blocks = n_last_blocks
@@ -67,13 +85,16 @@ class ProbeClassifier(nn.Module):
         self.eval()
 
     def features(self, x: Tensor) -> Tensor:
-        """Head input for normalised images (the representation the head was trained on)."""
-        cls, patch_mean = probe_features(self.backbone, x, self.n_last_blocks)
+        """Head input for normalised images (the representation the head was trained on), fp32."""
+        with self.precision.context(x.device):
+            cls, patch_mean = probe_features(self.backbone, x, self.n_last_blocks)
+        cls, patch_mean = self.precision.round(cls), self.precision.round(patch_mean)
         return head_input(cls, patch_mean, self.n_last_blocks, self.avgpool)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Normalised images (B, 3, H, W) -> logits (B, C)."""
-        return self.head(self.features(x).to(self.head.weight.dtype))
+        """Normalised images (B, 3, H, W) -> logits (B, C); the head runs in fp32."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(self.features(x).to(self.head.weight.dtype))
 
     def forward_pixels(self, x01: Tensor) -> Tensor:
         """Images in [0, 1] pixel space -> logits (normalisation applied here)."""
@@ -95,8 +116,15 @@ def make_probe_entry(
     class_names: list[str],
     accuracy: Mapping[str, Any],
     protocol: Mapping[str, Any],
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint's ``probe`` entry as plain data (loadable with ``weights_only=True``)."""
+    """The checkpoint's ``probe`` entry as plain data (loadable with ``weights_only=True``).
+
+    ``precision``: the policy the features were extracted with; by default the policy of the
+    device named in ``protocol["device"]`` (where ``fastdino probe`` extracted them).
+    """
+    if precision is None:
+        precision = stored_precision({"protocol": protocol})
     if weight.shape[0] != len(class_names) or bias.shape != (len(class_names),):
         raise ValueError(f"head {tuple(weight.shape)} does not match {len(class_names)} classes")
     return {
@@ -109,10 +137,20 @@ def make_probe_entry(
         "avgpool": bool(avgpool),
         "lr": float(lr),
         "recipe": recipe.to_dict(),
+        "precision": precision.to_dict(),
         "class_names": [str(c) for c in class_names],
         "accuracy": _plain(accuracy),
         "protocol": _plain(protocol),
     }
+
+
+def stored_precision(probe: Mapping[str, Any]) -> Precision:
+    """The precision policy of a ``probe`` entry: recorded, else that of its protocol's device
+    (entries written before the policy was recorded), else fp32."""
+    if isinstance(probe.get("precision"), Mapping):
+        return Precision.from_dict(probe["precision"])
+    device = (probe.get("protocol") or {}).get("device")
+    return _features.precision_for(str(device)) if device else FP32
 
 
 def save_probe_entry(
@@ -150,6 +188,7 @@ def load_probe_classifier(path: str | Path, device: str | torch.device = "cpu") 
         avgpool=bool(probe["avgpool"]),
         recipe=FeatureRecipe.from_dict(probe["recipe"]),
         class_names=list(probe["class_names"]),
+        precision=stored_precision(probe),
     )
     return model.to(device)
 

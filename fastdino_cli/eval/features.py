@@ -10,6 +10,11 @@ The eval transform is Resize(shorter side = ``resize_size``, bicubic) -> CenterC
 -> ToTensor -> Normalize. By default the crop is the checkpoint's final-stage global crop size
 (the resolution the backbone finished training at) and resize = crop * 256 / 224.
 
+Precision (``Precision``, ``precision_for``): on CUDA the backbone runs under bf16 autocast (fp16
+where bf16 is unsupported) and features are stored in fp16; on CPU everything is fp32. The
+policy is recorded with every probe head and re-applied by ``classifier.ProbeClassifier``, the
+one classifier of ``corrupt-eval``, ``fourier-heatmap`` and ``gradcam``.
+
 Extraction is slow on real datasets, so features are cached under ``$FASTDINO_CACHE/features``
 (default ``~/.cache/fastdino/features``) keyed by a hash of the backbone weights and
 architecture, the data (file list, sizes, modification times), the transform and the number of
@@ -21,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -33,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from fastdino_cli import console
 from fastdino_cli.curriculum import final_global_crops_size
 from fastdino_cli.data.labelled import LabelledFolder
 from fastdino_cli.errors import DataError
@@ -182,12 +187,61 @@ def raise_decode_errors(errors: Sequence[str]) -> None:
         raise DataError(bad[0])
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The one precision policy of a checkpoint's features, wherever they are computed.
+
+    ``fastdino probe`` extracts features under ``autocast`` (bf16 on CUDA, fp16 where bf16 is
+    unsupported, none on CPU) and caches them as ``storage`` (fp16 on CUDA, fp32 on CPU); the
+    linear head then runs in fp32 on those stored values. The policy is recorded in the
+    checkpoint's ``probe`` entry, and ``classifier.ProbeClassifier`` applies the same two steps
+    before its head, so ``corrupt-eval``, ``fourier-heatmap`` and ``gradcam`` classify exactly
+    as the probe that reported the head's accuracy did.
+    """
+
+    autocast: str | None
+    """``"bfloat16"``, ``"float16"`` or None (no autocast: fp32)."""
+    storage: str = "float32"
+    """dtype the features are rounded to before the head (``"float16"`` or ``"float32"``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"autocast": self.autocast, "storage": self.storage}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Precision:
+        auto = d.get("autocast")
+        return cls(autocast=str(auto) if auto else None, storage=str(d.get("storage", "float32")))
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return getattr(torch, self.storage)
+
+    def context(self, device: str | torch.device):
+        """The autocast region of the backbone forward on ``device`` (nothing when fp32)."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=getattr(torch, self.autocast))
+
+    def round(self, features: Tensor) -> Tensor:
+        """Features as the head saw them: rounded to ``storage``, returned in fp32."""
+        return features.to(self.storage_dtype).float()
+
+
+FP32 = Precision(autocast=None, storage="float32")
+
+
+def precision_for(device: str | torch.device) -> Precision:
+    """The policy for features extracted on ``device``: bf16 autocast + fp16 storage on CUDA
+    (fp16 autocast where bf16 is unsupported), fp32 everywhere else."""
+    if torch.device(device).type != "cuda":
+        return FP32
+    bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    return Precision(autocast="bfloat16" if bf16 else "float16", storage="float16")
+
+
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); nothing on CPU."""
-    if device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    """The autocast region of ``precision_for(device)`` (bf16 on CUDA; nothing on CPU)."""
+    return precision_for(device).context(device)
 
 
 @torch.no_grad()
@@ -222,15 +276,15 @@ def extract_features(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    store = torch.float16 if device.type == "cuda" else torch.float32
+    policy = precision_for(device)
     cls_out, patch_out, label_out = [], [], []
     with _progress(desc, len(folder)) as advance:
         for x, y, err in loader:
             raise_decode_errors(err)
-            with autocast_for(device):
+            with policy.context(device):
                 cls, patch_mean = probe_features(model, x.to(device, non_blocking=True), n_blocks)
-            cls_out.append(cls.to("cpu", store))
-            patch_out.append(patch_mean.to("cpu", store))
+            cls_out.append(cls.to("cpu", policy.storage_dtype))
+            patch_out.append(patch_mean.to("cpu", policy.storage_dtype))
             label_out.append(y)
             advance(len(y))
     feats = Features(
@@ -253,7 +307,7 @@ def _cache_key(
         "data": folder.fingerprint(),
         "recipe": recipe.to_dict(),
         "n_blocks": n_blocks,
-        "precision": "autocast" if device.type == "cuda" else "fp32",
+        "precision": precision_for(device).to_dict(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -281,26 +335,19 @@ def _write_cache(path: Path, feats: Features) -> None:
         }
         atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as e:
-        print(f"fastdino: warning: feature cache not written ({e})", file=sys.stderr)
+        console.warn(f"feature cache not written ({e})")
 
 
 class _progress:
-    """A rich progress bar on a terminal, silence elsewhere (logs, CI, tests)."""
+    """A transient bar in the house style on a terminal (``console.Bar``), silence elsewhere
+    (logs, CI, tests)."""
 
     def __init__(self, desc: str, total: int) -> None:
-        self.desc, self.total, self.bar = desc, total, None
+        self.bar = console.Bar(desc, total, unit="images", transient=True)
 
     def __enter__(self):
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(console=Console(stderr=True), transient=True)
-            self.bar.start()
-            task = self.bar.add_task(self.desc, total=self.total)
-            return lambda n: self.bar.advance(task, n)
-        return lambda n: None
+        self.bar.start()
+        return self.bar.advance
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()

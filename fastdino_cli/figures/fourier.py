@@ -1,4 +1,5 @@
-"""Figures for Fourier heatmaps: one per checkpoint, side by side, radial profile.
+"""Figures for Fourier heatmaps: one per checkpoint, side by side, radial profile; top-5 maps
+in a second row beside the top-1 ones when the run measured them.
 
 Drawing only; the numbers come from ``fastdino_cli.eval.fourier`` (a ``FourierRun``, or maps
 read back with ``eval.fourier.result.load_heatmap``). :func:`draw_fourier_run` draws what
@@ -47,11 +48,21 @@ def _draw(ax, result: FourierResult, values: np.ndarray, vmin: float, vmax: floa
 
 
 def _map(result: FourierResult, value: str) -> np.ndarray:
-    if value == "error":
-        return result.error
-    if value == "error_minus_clean":
-        return result.error_minus_clean
-    raise ValueError(f"unknown map {value!r}")
+    maps = {
+        "error": result.error,
+        "error_minus_clean": result.error_minus_clean,
+        "error_top5": result.error_top5,
+        "error_top5_minus_clean": result.error_top5_minus_clean,
+    }
+    if value not in maps:
+        raise ValueError(f"unknown map {value!r}")
+    if maps[value] is None:
+        raise ValueError(f"this result has no {value} map")
+    return maps[value]
+
+
+def _has_top5(results: Sequence[FourierResult]) -> bool:
+    return all(r.error_top5 is not None and r.clean_error_top5 is not None for r in results)
 
 
 def _caption(result: FourierResult) -> str:
@@ -60,17 +71,22 @@ def _caption(result: FourierResult) -> str:
 
 
 def plot_heatmap(result: FourierResult, title: str, path: str | Path) -> Path:
-    """Error (0..1, jet) and error minus clean error (symmetric, diverging) for one checkpoint."""
-    fig = Figure(figsize=(10, 4.4), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    im = _draw(ax1, result, result.error, 0.0, 1.0, CMAP)
-    ax1.set_title("top-1 error")
-    fig.colorbar(im, ax=ax1, shrink=0.85)
-    delta = result.error_minus_clean
-    lim = max(float(np.nanmax(np.abs(delta))), 1e-6)
-    im = _draw(ax2, result, delta, -lim, lim, DIVERGING)
-    ax2.set_title(f"error - clean error ({result.clean_error:.3f})")
-    fig.colorbar(im, ax=ax2, shrink=0.85)
+    """Error (0..1, jet) and error minus clean error (symmetric, diverging) for one checkpoint;
+    a second row with the top-5 maps when the result has them."""
+    rows = [("top-1", result.error, result.clean_error)]
+    if _has_top5([result]):
+        rows.append(("top-5", result.error_top5, result.clean_error_top5))
+    fig = Figure(figsize=(10, 4.4 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), 2))
+    for (ax1, ax2), (kind, error, clean) in zip(axes, rows, strict=True):
+        im = _draw(ax1, result, error, 0.0, 1.0, CMAP)
+        ax1.set_title(f"{kind} error")
+        fig.colorbar(im, ax=ax1, shrink=0.85)
+        delta = error - clean
+        lim = max(float(np.nanmax(np.abs(delta))), 1e-6)
+        im = _draw(ax2, result, delta, -lim, lim, DIVERGING)
+        ax2.set_title(f"{kind} error - clean {kind} error ({clean:.3f})")
+        fig.colorbar(im, ax=ax2, shrink=0.85)
     fig.suptitle(f"{title}: {_caption(result)}")
     return save_figure(fig, path, dpi=120)
 
@@ -91,33 +107,49 @@ def plot_side_by_side(
     *,
     value: str = "error",
 ) -> Path:
-    """One panel per checkpoint, one shared colour scale and a single colour bar."""
-    maps = [_map(r, value) for r in results]
-    vmin, vmax = shared_range(maps)
+    """One panel per checkpoint, one shared colour scale and a single colour bar per row.
+
+    ``value`` is the top-1 map (``error`` or ``error_minus_clean``); when every result has the
+    top-5 maps, a second row shows the same for top-5, on its own shared scale.
+    """
+    if value not in ("error", "error_minus_clean"):
+        raise ValueError(f"unknown map {value!r}")
+    suffix = value.removeprefix("error")
+    rows = [("top-1", value, "clean_error")]
+    if _has_top5(results):
+        rows.append(("top-5", f"error_top5{suffix}", "clean_error_top5"))
     n = len(results)
-    fig = Figure(figsize=(3.9 * n + 1.2, 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, n))
-    im = None
-    for ax, r, m, title in zip(axes, results, maps, titles, strict=True):
-        im = _draw(ax, r, m, vmin, vmax, CMAP)
-        ax.set_title(f"{title}\nclean error {r.clean_error:.3f}", fontsize=10)
-    label = "top-1 error" if value == "error" else "error - clean error"
-    fig.colorbar(im, ax=list(axes), shrink=0.85, label=f"{label} (shared scale)")
+    fig = Figure(figsize=(3.9 * n + 1.2, 4.2 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), n)).reshape(len(rows), n)
+    for row_axes, (kind, key, clean_key) in zip(axes, rows, strict=True):
+        maps = [_map(r, key) for r in results]
+        vmin, vmax = shared_range(maps)
+        im = None
+        for ax, r, m, title in zip(row_axes, results, maps, titles, strict=True):
+            im = _draw(ax, r, m, vmin, vmax, CMAP)
+            ax.set_title(f"{title}\nclean {kind} error {getattr(r, clean_key):.3f}", fontsize=10)
+        label = f"{kind} error" + (" - clean" if suffix else "")
+        fig.colorbar(im, ax=list(row_axes), shrink=0.85, label=f"{label} (shared scale)")
     fig.suptitle(f"Fourier heatmap: {_caption(results[0])}")
     return save_figure(fig, path, dpi=120)
 
 
 def plot_radial(results: Sequence[FourierResult], titles: Sequence[str], path: str | Path) -> Path:
-    """Error against frequency radius, one line per checkpoint (dashed: its clean error)."""
+    """Error against frequency radius, one line per checkpoint (dashed: its clean error); top-5
+    as a dotted line of the same colour when the results have it."""
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
+    top5 = _has_top5(results)
     for i, (r, title) in enumerate(zip(results, titles, strict=True)):
         radii, prof = radial_profile(r)
         color = f"C{i % 10}"
-        ax.plot(radii, prof, marker=".", color=color, label=title)
+        ax.plot(radii, prof, marker=".", color=color, label=f"{title} top-1" if top5 else title)
         ax.axhline(r.clean_error, color=color, linestyle="--", linewidth=0.8)
+        if top5:
+            radii5, prof5 = radial_profile(r, top5=True)
+            ax.plot(radii5, prof5, marker=".", linestyle=":", color=color, label=f"{title} top-5")
     ax.set_xlabel("frequency radius (cycles/image)")
-    ax.set_ylabel("top-1 error (dashed: clean)")
+    ax.set_ylabel("top-1" + (" / top-5 (dotted)" if top5 else "") + " error (dashed: clean)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

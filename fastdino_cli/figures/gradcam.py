@@ -35,6 +35,15 @@ def _short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _layers_label(result) -> str:
+    """The target layer(s) for the title: averaged layers named once when all columns agree."""
+    lists = {tuple(c.target_layers) for c in result.columns if c.target_layers}
+    if len(lists) != 1:
+        return str(result.target_layer)
+    (layers,) = lists
+    return layers[0] if len(layers) == 1 else f"{', '.join(layers)} (maps averaged)"
+
+
 def _cell_title(col, i: int) -> str:
     lines = []
     pred = col.predicted[i]
@@ -87,7 +96,7 @@ def plot_gradcam_grid(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        f"{result.method} at {result.target_layer}, target {result.target}\n"
+        f"{result.method} at {_layers_label(result)}, target {result.target}\n"
         "each map scaled to [0, 1] on its own",
         fontsize=8,
     )

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastdino_cli import console
 from fastdino_cli.fileio import write_text
 from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
 
@@ -76,7 +77,10 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
         last = _last_metrics(run_dir)
         finished = (run_dir / rd.FINAL).is_file() and int(last.get("step", -1)) + 1 >= total
         if finished:  # never reuse a run trained with another config (e.g. an older preset)
-            old = rd.read_stored_config(run_dir) or {}
+            from fastdino_cli.config import restate_stored_run
+
+            old = rd.read_stored_config(run_dir) or {}  # the demo trains in one process
+            old = restate_stored_run(old, 1, cfg, 1)  # per-GPU keys of older runs
             rd.check_resume_config(run_dir, old, cfg.to_dict(), force=False)
         return finished
 
@@ -107,10 +111,13 @@ def pretrain_detail(run_dir: Path, total: int) -> Callable[[], str]:
         last = _last_metrics(run_dir)
         if not last:
             return "starting"
-        return (
-            f"step {int(last['step']) + 1}/{total}, {last.get('global_crops_size')} px, "
-            f"loss {float(last.get('loss', float('nan'))):.3f}"
+        fields = console.progress_fields(
+            stage=last.get("stage"),
+            size=last.get("global_crops_size"),
+            loss=float(last.get("loss", float("nan"))),
+            images_per_s=last.get("images_per_s"),
         )
+        return console.progress_line("step", int(last["step"]) + 1, total, fields)
 
     return detail
 
@@ -118,8 +125,8 @@ def pretrain_detail(run_dir: Path, total: int) -> Callable[[], str]:
 class Progress:
     """One display for the whole demo: steps done / total and the current step's name.
 
-    A rich bar on a terminal (its own console on the real stdout, because each step's output
-    is redirected to its log file); one plain line per step otherwise.
+    The house bar (``console.Bar``) on a terminal, on the real stdout because each step's
+    output is redirected to its log file; one plain ``demo N/TOTAL ...`` line per step otherwise.
     """
 
     def __init__(self, total: int, enabled: bool | None = None) -> None:
@@ -127,50 +134,30 @@ class Progress:
         self.done = 0
         self.stream = sys.stdout
         self.rich = self.stream.isatty() if enabled is None else enabled
-        self._bar = self._task = None
+        self._bar = console.Bar("demo", total, stream=self.stream, enabled=self.rich)
 
     def __enter__(self) -> Progress:
-        if self.rich:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("[bold]demo"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-                console=Console(file=self.stream),
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("", total=self.total)
+        self._bar.start()
         return self
 
     def start(self, name: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description=name)
+        if self.rich:
+            self._bar.update(info=name)
         else:
-            print(f"[{self.done + 1}/{self.total}] {name} ...", file=self.stream, flush=True)
+            self._bar.line(console.progress_line("demo", self.done + 1, self.total, f"{name} ..."))
 
     def detail(self, name: str, text: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description=f"{name}: {text}")
+        if self.rich:
+            self._bar.update(info=f"{name}: {text}")
 
     def finish(self, name: str, seconds: float, status: str) -> None:
         self.done += 1
-        line = f"[{self.done}/{self.total}] {name}: {status} ({seconds:.1f} s)"
-        if self._bar is not None:
-            self._bar.console.print(line, markup=False, highlight=False)
-            self._bar.update(self._task, completed=self.done)
-        else:
-            print(line, file=self.stream, flush=True)
+        info = f"{name}: {status} ({seconds:.1f} s)"
+        self._bar.line(console.progress_line("demo", self.done, self.total, info))
+        self._bar.update(completed=self.done)
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        self._bar.stop()
 
 
 def _previous_timings(path: Path) -> dict[str, Any]:
@@ -230,7 +217,7 @@ def _run_step(step: Step, logs: Path, progress: Progress, detail=None) -> dict[s
             print(f"$ {step.command}", flush=True)
             step.run()
     except BaseException:
-        print(f"fastdino demo: step '{step.name}' failed; its log is {log}", file=sys.stderr)
+        console.note(f"demo step '{step.name}' failed; its log is {log}")
         raise
     finally:
         stop.set()
@@ -291,7 +278,7 @@ def run_demo(
 
     items.append((Step("demo data", lambda: False, build_data, f"fastdino data demo {data}"), None))
     for preset, run_dir in zip(RUNS.values(), run_dirs, strict=True):
-        length = max(1, round(resolve_config(preset).train.epoch_length * steps_scale))
+        length = max(1, round(resolve_config(preset).iterations_per_epoch * steps_scale))
         ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
         ovr += list(overrides)
         step = pretrain_step(preset, run_dir, ovr)

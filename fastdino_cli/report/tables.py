@@ -54,7 +54,8 @@ def training_numbers(run: RunData) -> dict[str, Any] | None:
     window = np.diff(np.concatenate([[-1], steps]))
     ips = m["images_per_s"].to_numpy(dtype=float)
     ok = (window > 0) & (ips > 0)
-    batch = run.config.train.batch_size_per_gpu * world_size(m, run.config.train.batch_size_per_gpu)
+    per_gpu = run.config.train.batch_size_per_gpu  # runs stored with a per-GPU batch
+    batch = run.config.batch(world_size(m, per_gpu) if per_gpu else 1).global_batch
     seconds = float(np.sum(window[ok] * batch / ips[ok]))
     done = int(steps[-1]) + 1
     return {

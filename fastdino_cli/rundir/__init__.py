@@ -10,6 +10,7 @@ whether ``pretrain`` may start, resume or must refuse in it. Nothing else spells
       .lock                        LOCK             held by the one process training here
       accelerate_config.yaml       ACCELERATE_CONFIG  written by ``pretrain --gpus N``
       probe.json                   PROBE_JSON       ``fastdino probe``
+      probe/                       PROBE_DIR        its per-class CSV, figure, confusions
       corrupt-eval/ fourier/ gradcam/  EVAL_DIRS    the evaluations' outputs
 
 Modules, one concept each (everything is importable from ``fastdino_cli.rundir``):
@@ -35,6 +36,7 @@ from fastdino_cli.rundir.layout import (
     GRADCAM_DIR,
     LOCK,
     METRICS,
+    PROBE_DIR,
     PROBE_JSON,
     TENSORBOARD_DIR,
     check_run_dir_path,
@@ -75,6 +77,7 @@ __all__ = [
     "GRADCAM_DIR",
     "LOCK",
     "METRICS",
+    "PROBE_DIR",
     "PROBE_JSON",
     "TENSORBOARD_DIR",
     "RUN_CONTROL_KEYS",

@@ -86,15 +86,16 @@ def build_accelerator(precision: str = "auto"):
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
 
 
-def build_schedules(cfg: Config, global_batch: int) -> Schedules:
-    """The run's schedules (lr scaled for ``global_batch`` images per step, all ranks)."""
+def build_schedules(cfg: Config, *, world_size: int) -> Schedules:
+    """The run's schedules on ``world_size`` processes: the lr is scaled for the GLOBAL batch
+    (``cfg.batch``), so a global-batch preset gets the same lr on any number of GPUs."""
     return Schedules(
         optim=cfg.optim,
         teacher=cfg.teacher,
         curriculum=cfg.curriculum,
-        epoch_length=cfg.train.epoch_length,
+        epoch_length=cfg.iterations_per_epoch,
         total_steps=cfg.total_iterations,
-        global_batch=global_batch,
+        global_batch=cfg.batch(world_size).global_batch,
     )
 
 
@@ -153,7 +154,7 @@ def build_training(cfg: Config, *, accelerator=None, resume: Resume | None = Non
         precision.scaler.load_state_dict(resume.state.scaler)
     core = accelerator.unwrap_model(prepared)
     core.train()
-    schedules = build_schedules(cfg, cfg.train.batch_size_per_gpu * world)
+    schedules = build_schedules(cfg, world_size=world)
     total = cfg.total_iterations
     step = TrainStep(
         accelerator=accelerator,
@@ -176,7 +177,7 @@ def build_train_loader(
     return build_loader(
         files,
         steps=steps,
-        batch_size=cfg.train.batch_size_per_gpu,
+        batch_size=cfg.batch(steps.world_size).per_device,
         seed=cfg.train.seed,
         data=cfg.data,
         crops=cfg.crops,

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fastdino_cli.checkpoint import load_state_dict_strict
-from fastdino_cli.config import DistributedConfig
+from fastdino_cli.config import Config, DistributedConfig, restate_stored_run
 from fastdino_cli.errors import ConfigError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -242,23 +242,20 @@ def _check_keys(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
     load_state_dict_strict(_KeyCheck(module), state, what)  # type: ignore[arg-type]
 
 
-def config_for_this_world(ckpt: dict[str, Any], batch_size_per_gpu: int) -> dict[str, Any]:
-    """The checkpoint's config, with its per-process batch restated for this world size.
+def config_for_this_world(ckpt: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """The checkpoint's config, with its batch and epoch restated in ``cfg``'s keys for this
+    world size (``config.restate_stored_run``).
 
     Resuming on another number of processes continues exactly when the GLOBAL batch is
-    unchanged (the sample order is a function of the global batch): a
-    ``train.batch_size_per_gpu`` that keeps ``batch_size_per_gpu x processes`` is therefore not
-    a config change. Anything else still is (``--force-config``).
+    unchanged (the sample order is a function of the global batch): a per-process batch that
+    keeps ``batch_size_per_gpu x processes``, or a stored per-GPU batch (runs from before
+    ``train.global_batch``) whose product is the new global batch, is therefore not a config
+    change. Anything else still is (``--force-config``).
     """
     old = dict(ckpt.get("config") or {})
-    train = dict(old.get("train") or {})
     saved_world = int((ckpt.get("train_state") or {}).get("world_size", 1))
     _, world = rank_and_world()
-    saved_bs = train.get("batch_size_per_gpu")
-    if saved_bs is not None and saved_bs * saved_world == batch_size_per_gpu * world:
-        train["batch_size_per_gpu"] = batch_size_per_gpu
-        old["train"] = train
-    return old
+    return restate_stored_run(old, saved_world, cfg, world)
 
 
 # --------------------------------------------------------------------------------------------

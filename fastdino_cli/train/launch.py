@@ -15,7 +15,7 @@ fastdino applies FSDP2 itself (``train/distributed.py``, driven by the ``distrib
 keys), so the sharding code is the same whether ``torchrun``, ``accelerate launch`` or this
 re-execution started the processes. Several machines: run ``accelerate launch`` yourself with
 ``--num_machines``, ``--machine_rank``, ``--main_process_ip`` and ``--main_process_port``
-(README "Scaling out", ``examples/slurm_fastdino.sbatch``).
+(docs/scaling-out.md, ``examples/slurm_fastdino.sbatch``).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def relaunch(run_dir: Path, num_processes: int, pretrain_args: list[str]) -> Non
     if available < num_processes:
         raise ConfigError(
             f"--gpus {num_processes} asks for {num_processes} GPUs but this machine has "
-            f"{available}; lower --gpus (several machines: see README 'Scaling out')"
+            f"{available}; lower --gpus (several machines: see docs/scaling-out.md)"
         )
     config_path = write_accelerate_config(run_dir, num_processes)
     cmd = relaunch_command(config_path, pretrain_args)

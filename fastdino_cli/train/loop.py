@@ -47,7 +47,7 @@ import torch
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli import rundir as rd
 from fastdino_cli.checkpoint import TrainState, rng_state
-from fastdino_cli.config import Config, config_to_yaml, with_absolute_paths
+from fastdino_cli.config import Config, run_config_yaml, with_absolute_paths
 from fastdino_cli.curriculum import stage_at_step
 from fastdino_cli.data.images import first_readable, resolve_root, scan_images
 from fastdino_cli.errors import ConfigError, FastdinoError
@@ -139,6 +139,7 @@ def pretrain(
 
 def _run(cfg: Config, run_dir: Path, accelerator, resume, force_config, progress) -> RunResult:
     """The phases of one ``pretrain`` call, under the run directory's lock."""
+    cfg.batch(accelerator.num_processes)  # an indivisible global batch: one line, nothing written
     resume_from = decide_start(run_dir, cfg, resume, force_config)
     dist_utils.barrier()  # every rank decided before rank 0 writes into the run directory
     total = cfg.total_iterations
@@ -153,7 +154,7 @@ def _run(cfg: Config, run_dir: Path, accelerator, resume, force_config, progress
     stack = build_training(cfg, accelerator=accelerator, resume=resume_from)
     main = accelerator.is_main_process
     if main:
-        _open_run_dir(run_dir, cfg, steps.start)
+        _open_run_dir(run_dir, cfg, steps.start, steps.world_size)
     result = RunResult(
         run_dir,
         steps.start,
@@ -173,7 +174,7 @@ def _run(cfg: Config, run_dir: Path, accelerator, resume, force_config, progress
         stop=steps.stop,
         total=total,
         log_period=cfg.train.log_period,
-        global_batch=cfg.train.batch_size_per_gpu * steps.world_size,
+        global_batch=cfg.batch(steps.world_size).global_batch,
         rich=progress,
         enabled=main,
         trackers=open_trackers(
@@ -192,10 +193,11 @@ def _training_images(train: str) -> list[Path]:
     return files
 
 
-def _open_run_dir(run_dir: Path, cfg: Config, start: int) -> None:
-    """The run's config, and its log cut back to the steps the resumed state includes."""
+def _open_run_dir(run_dir: Path, cfg: Config, start: int, world_size: int) -> None:
+    """The run's config (headed by where it departs from its paper recipe), and its log cut
+    back to the steps the resumed state includes."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / rd.CONFIG, config_to_yaml(cfg))
+    write_text(run_dir / rd.CONFIG, run_config_yaml(cfg, world_size))
     rd.truncate_metrics(run_dir / rd.METRICS, start)
 
 
@@ -391,7 +393,7 @@ def _save_resumable(
         scaler=scaler.state_dict() if scaler is not None else None,
         loss=stack.core.loss_state_dict(),
         rng=rng_state(),
-        data_position=step * cfg.train.batch_size_per_gpu * stack.world_size,
+        data_position=step * cfg.batch(stack.world_size).global_batch,
         bad_steps=bad_steps,
         world_size=stack.world_size,
         rng_per_rank=rng_per_rank,

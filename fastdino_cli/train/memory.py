@@ -300,7 +300,7 @@ def plan_memory(cfg: Config, world: int = 1, budget_gib: float | None = None) ->
     ibot_mlp, ibot_fp32, ibot_call = _head_saved(dim, ibot_head.model_dump_json())
     head_calls = dino_call + ibot_call  # one student forward of each head per step
     n_local = cfg.crops.local_crops_number
-    batch = cfg.train.batch_size_per_gpu
+    batch = cfg.batch(world).per_device
     stages = []
     static = params + grads + adamw + cast
     # AdamW's step, activations freed: the multi-tensor kernel's sqrt(exp_avg_sq) temporaries
@@ -367,9 +367,8 @@ def largest_fitting_batch(cfg: Config, world: int, budget_gib: float) -> int:
     fits ``budget_gib`` less the headroom; 0 when not even one image fits."""
 
     def fits(n: int) -> bool:
-        c = cfg.model_copy(deep=True)
-        c.train.batch_size_per_gpu = n
-        return bool(plan_memory(c, world, budget_gib).fits)
+        train = cfg.train.model_copy(update={"batch_size_per_gpu": n, "global_batch": None})
+        return bool(plan_memory(cfg.model_copy(update={"train": train}), world, budget_gib).fits)
 
     lo, hi = 0, 1
     while fits(hi) and hi < 2**16:
@@ -421,7 +420,12 @@ def render_memory(plan: MemoryPlan, cfg: Config | None = None) -> str:
             advice = []
             if cfg is not None:
                 n = largest_fitting_batch(cfg, plan.world, plan.budget_gib)
-                advice.append(f"train.batch_size_per_gpu <= {n}" if n else "more GPUs")
+                if not n:
+                    advice.append("more GPUs")
+                elif cfg.train.global_batch is not None:
+                    advice.append(f"train.global_batch <= {n * plan.world} ({n} per GPU)")
+                else:
+                    advice.append(f"train.batch_size_per_gpu <= {n}")
             if not plan.activation_checkpointing and all(s.fits_checkpointed for s in plan.stages):
                 advice.append("model.activation_checkpointing=true")
             lines.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fastdino_cli.config import Config
+from fastdino_cli.config import Config, paper_departures
 from fastdino_cli.curriculum import resolve_stages, stage_starts
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.train.flops import (
@@ -22,6 +22,7 @@ from fastdino_cli.train.flops import (
     masked_patches_per_image,
     tokens_per_crop,
 )
+from fastdino_cli.train.schedules import scaled_lr
 
 # --------------------------------------------------------------------------------------------
 # The plan
@@ -56,11 +57,23 @@ class RunPlan:
     patch_size: int
     gpus: int
     batch_size_per_gpu: int
+    """Per-device batch: the global batch over ``gpus`` (or the config's per-GPU batch)."""
     global_batch: int
     total_steps: int
     stages: list[StagePlan]
     images: int
     pflops: float
+    iterations_per_epoch: int
+    epoch_images: int
+    """Images of one "epoch" (its iterations x the global batch)."""
+    epochs: float
+    """Epochs the planned steps make (``optim.epochs`` unless ``train.max_steps`` cuts)."""
+    peak_lr: float
+    """Peak learning rate, scaled for the global batch."""
+    paper: str | None
+    """The paper recipe the config states (``paper.recipe``), if any."""
+    departures: list[str]
+    """Where the run departs from that recipe (``config.paper_departures``)."""
     gflops_per_image: float
     """Average over the run (total FLOPs / images trained)."""
     tokens_per_image: float
@@ -108,7 +121,8 @@ def plan_config(cfg: Config, gpus: int = 1) -> RunPlan:
     run_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     starts = stage_starts(cfg.curriculum, total)
     ends = starts[1:] + [total]
-    batch = cfg.train.batch_size_per_gpu * gpus
+    batch_of = cfg.batch(gpus)  # ConfigError when the global batch does not divide over gpus
+    batch = batch_of.global_batch
     n_local = cfg.crops.local_crops_number
     r = cfg.model.num_register_tokens
     stages = []
@@ -144,7 +158,7 @@ def plan_config(cfg: Config, gpus: int = 1) -> RunPlan:
         arch=cfg.model.arch,
         patch_size=cfg.model.patch_size,
         gpus=gpus,
-        batch_size_per_gpu=cfg.train.batch_size_per_gpu,
+        batch_size_per_gpu=batch_of.per_device,
         global_batch=batch,
         total_steps=run_steps,
         stages=stages,
@@ -154,6 +168,12 @@ def plan_config(cfg: Config, gpus: int = 1) -> RunPlan:
         tokens_per_image=(sum(s.tokens_per_image * s.images for s in stages) / images)
         if images
         else 0.0,
+        iterations_per_epoch=cfg.iterations_per_epoch,
+        epoch_images=cfg.iterations_per_epoch * batch,
+        epochs=run_steps / cfg.iterations_per_epoch,
+        peak_lr=scaled_lr(cfg.optim.base_lr, batch, cfg.optim.lr_scaling_batch),
+        paper=cfg.paper.recipe if cfg.paper else None,
+        departures=paper_departures(cfg, gpus),
     )
 
 
@@ -183,11 +203,16 @@ def _num(x: float) -> str:
 def _run_table(run: RunPlan) -> list[str]:
     head = (
         f"{run.preset or '(config)'}: {run.arch}/{run.patch_size}, {run.total_steps} steps x "
-        f"{run.global_batch} images ({run.batch_size_per_gpu}/GPU x {run.gpus} GPU)"
+        f"{run.global_batch} images ({run.batch_size_per_gpu}/GPU x {run.gpus} GPU), peak lr "
+        f"{run.peak_lr:.3g}"
+    )
+    epochs = (
+        f"{run.images:,} images = {run.epochs:g} epochs of {run.epoch_images:,} images "
+        f"({run.iterations_per_epoch} steps each)"
     )
     cols = f"{'stage':<18}{'steps':>9}  {'crops (px)':<14}{'tokens/img':>11}"
     cols += f"{'GFLOPs/img':>12}{'PFLOPs':>12}"
-    lines = [head, cols]
+    lines = [head, epochs, *_paper_lines(run), cols]
     for s in run.stages:
         crops = f"{s.global_crops}x{s.global_crops_size}+{s.local_crops}x{s.local_crops_size}"
         lines.append(
@@ -199,6 +224,16 @@ def _run_table(run: RunPlan) -> list[str]:
         f"{run.gflops_per_image:>12.2f}{_num(run.pflops):>12}"
     )
     return lines
+
+
+def _paper_lines(run: RunPlan) -> list[str]:
+    if run.paper is None:
+        return []
+    if not run.departures:
+        return [f"the paper's recipe: {run.paper}"]
+    return [f"DEPARTS from the paper's recipe ({run.paper}):"] + [
+        f"  - {d}" for d in run.departures
+    ]
 
 
 def render_plan(plan: Plan) -> str:
@@ -213,6 +248,6 @@ def render_plan(plan: Plan) -> str:
         )
     lines.append(
         "counting: 1 MAC = 2 FLOPs; student fwd+bwd = 3x fwd on all crops, teacher fwd on "
-        "2 global crops, heads included; totals assume the GPUs shown (--gpus)"
+        "2 global crops, heads included; totals are for the global batch shown"
     )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastdino_cli import console
 from fastdino_cli.rundir import MetricsWriter
 from fastdino_cli.train.tracking import Trackers
 
@@ -52,33 +53,15 @@ class ProgressReporter:
         self.trackers = trackers or Trackers([])
         self._t_start = time.perf_counter()
         self._bar = None
-        self._task = None
         self._file = None
 
     def __enter__(self) -> ProgressReporter:
         if self.path is not None:
             self._file = MetricsWriter(self.path).__enter__()
         if self.use_rich:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("[bold]pretrain"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("train", total=self.stop, completed=self.start, info="")
+            self._bar = console.Bar(
+                "pretrain", self.stop, completed=self.start, stream=sys.stdout, enabled=True
+            ).start()
         return self
 
     def step(self, record: dict[str, Any], *, wait: float, stage_changed: bool = False) -> None:
@@ -94,7 +77,7 @@ class ProgressReporter:
             or not record.get("finite", True)
         )
         if self._bar is not None:
-            self._bar.update(self._task, completed=step + 1)
+            self._bar.update(completed=step + 1)
         if not due:
             return
         now = time.perf_counter()
@@ -111,32 +94,28 @@ class ProgressReporter:
         if self._file is not None:
             self._file.append(record)
         self.trackers.log(record)
-        info = (
-            f"stage {record['stage']} {record['global_crops_size']}px "
-            f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
-            f"{record['images_per_s']:.0f} img/s"
+        info = console.progress_fields(
+            stage=record["stage"],
+            size=record["global_crops_size"],
+            loss=record["loss"],
+            lr=record["lr"],
+            images_per_s=record["images_per_s"],
         )
         if self._bar is not None:
-            self._bar.update(self._task, info=info)
+            self._bar.update(info=info)
         else:
             done = step + 1 - self.start
             rate = done / max(now - self._t_start, 1e-9)
             eta = (self.stop - step - 1) / rate if rate > 0 else float("nan")
-            print(
-                f"step {step + 1}/{self.stop} {info} data-wait {record['data_wait']:.0%} "
-                f"ETA {eta:.0f}s",
-                flush=True,
-            )
+            info += f" data-wait {record['data_wait']:.0%}"
+            print(console.progress_line("pretrain", step + 1, self.stop, info, eta), flush=True)
 
     def note(self, message: str) -> None:
         """One line about the run, ``fastdino: message``, on stderr (through the bar's console
         while a progress bar is shown, so the bar stays intact); only the main process speaks."""
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.console.print(f"fastdino: {message}", markup=False, highlight=False)
-        else:
-            print(f"fastdino: {message}", file=sys.stderr, flush=True)
+        console.note(message)
 
     def __exit__(self, *exc: object) -> None:
         self.trackers.close()

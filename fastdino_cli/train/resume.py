@@ -18,7 +18,7 @@ import torch
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli import rundir as rd
 from fastdino_cli.checkpoint import TrainState
-from fastdino_cli.config import Config
+from fastdino_cli.config import Config, restate_stored_run
 from fastdino_cli.errors import CheckpointError, ConfigError
 from fastdino_cli.train import distributed as dist_utils
 
@@ -63,8 +63,10 @@ def decide_start(
     if state.kind == "empty":
         if resume and not state.holds_run:
             raise ConfigError(f"nothing to resume in {run_dir}: it holds no {rd.CHECKPOINT}")
-        if stored is not None:
-            rd.check_resume_config(run_dir, stored, cfg.to_dict(), force_config)
+        if stored is not None:  # nothing trained yet: the stored world size is this one
+            _, world = dist_utils.rank_and_world()
+            old = restate_stored_run(stored, world, cfg, world)
+            rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
         return None
     try:
         ckpt = ckpt_io.load(latest)
@@ -73,7 +75,7 @@ def decide_start(
         raise CheckpointError(f"{e}{hint}") from None
     if "train_state" not in ckpt:
         raise ConfigError(f"{latest} is not resumable (no train_state); choose another --out")
-    old = dist_utils.config_for_this_world(ckpt, cfg.train.batch_size_per_gpu)
+    old = dist_utils.config_for_this_world(ckpt, cfg)
     rd.check_resume_config(run_dir, old, cfg.to_dict(), force_config)
     try:
         return Resume.from_checkpoint(ckpt)

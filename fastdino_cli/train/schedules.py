@@ -3,7 +3,7 @@
 Every schedule is a pure function of the iteration. Within a schedule segment (see
 ``curriculum.py``) of ``L`` iterations, at local iteration ``t``::
 
-    lr(t)       = peak * t / W                                    for t < W (warmup from 0)
+    lr(t)       = peak * t / (W - 1)                              for t < W (warmup from 0)
                 = min_lr + (peak - min_lr) * (1 + cos(pi * (t - W) / (L - W))) / 2   after
     peak        = base_lr * sqrt(global_batch / lr_scaling_batch)
     wd(t)       = cosine from weight_decay to weight_decay_end over L
@@ -36,9 +36,12 @@ def cosine(t: float, length: float, start: float, end: float) -> float:
 
 
 def warmup_cosine(t: float, length: float, warmup: float, peak: float, final: float) -> float:
-    """Linear warmup from 0 over ``warmup`` iterations, then cosine to ``final`` by ``length``."""
+    """Linear warmup from 0 over ``warmup`` iterations, then cosine to ``final`` by ``length``.
+
+    The warmup is DINOv2's ``np.linspace(0, peak, W)``: it starts at 0 and reaches ``peak`` at
+    its last iteration ``t = W - 1`` (a one-iteration warmup is just 0)."""
     if t < warmup:
-        return peak * t / warmup
+        return peak * t / (warmup - 1) if warmup > 1 else 0.0
     return cosine(t - warmup, length - warmup, peak, final)
 
 

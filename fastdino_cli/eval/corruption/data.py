@@ -6,13 +6,15 @@ FastDINOv2's mini-ImageNet-C variant inserts a ``val/`` level and a ``labels.txt
 ``ROOT/<corruption>/<severity>/{labels.txt, val/<class>/*}``. Both are read by
 :func:`find_imagenet_c`, each split as a labelled folder of ``data/labelled.py`` (the reader of
 every evaluation). On-the-fly corruption follows the original pipeline: the classifier's
-eval transform (resize + centre crop) first, then the corruption on the uint8 crop; with
-``write_root`` each corrupted crop is also stored as JPEG quality 85 (``optimize=True``, as the
-original) in the released layout, so the set can be reused with ``--imagenet-c``.
+eval transform (resize + centre crop) first, then the corruption on the uint8 crop, then a JPEG
+quality-85 round trip (``optimize=True``, as the original saved the released files; ``jpeg=False``
+skips it), so the model sees what the released files would hold. With ``write_root`` those
+JPEG bytes are also stored in the released layout, to be reused with ``--imagenet-c``.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,34 @@ def center_crop_pil(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
+def resolve_transform(model, mode: str) -> PilTransform:
+    """PIL -> HxWx3 uint8 crop for ``model``: its own eval transform, or a centre crop."""
+    size = int(getattr(model, "image_size", 224))
+    if mode == "crop":
+        return _CenterCrop(size)
+    if hasattr(model, "preprocess"):
+        return _ModelPreprocess(model.preprocess)
+    raise DataError(
+        f"model {type(model).__name__} has no preprocess(); it cannot crop clean images itself"
+    )
+
+
+@dataclass(frozen=True)
+class _CenterCrop:
+    size: int
+
+    def __call__(self, img) -> np.ndarray:
+        return center_crop_pil(img, self.size)
+
+
+@dataclass(frozen=True)
+class _ModelPreprocess:
+    preprocess: Callable
+
+    def __call__(self, img) -> np.ndarray:
+        return tensor_to_uint8(self.preprocess(img))
+
+
 def tensor_to_uint8(x01: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 1] -> HxWx3 uint8 (exact for tensors made from uint8 images)."""
     return (x01.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -124,22 +154,29 @@ def uint8_to_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 class FileSet(torch.utils.data.Dataset):
-    """Stored images of several tasks, through one transform; items ``(x01, label, task)``."""
+    """Stored images of several tasks; items ``(x01, label, task)``.
+
+    Every task goes through ``transform`` except those named in ``per_task`` (task index ->
+    transform): the clean set is read with the model's own eval transform while the 224 px
+    corrupted images are centre-cropped.
+    """
 
     def __init__(
         self,
         items: list[tuple[Path, int, int]],
         transform: PilTransform,
+        per_task: dict[int, PilTransform] | None = None,
     ) -> None:
         self.items = items
         self.transform = transform
+        self.per_task = dict(per_task or {})
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         path, label, task = self.items[i]
-        x = self.transform(read_rgb_or_fail(path))
+        x = self.per_task.get(task, self.transform)(read_rgb_or_fail(path))
         return uint8_to_tensor(x), label, task
 
 
@@ -159,9 +196,11 @@ class CorruptedSet(torch.utils.data.Dataset):
         transform: PilTransform,
         seed: int,
         write_root: Path | None = None,
+        jpeg: bool = True,
     ) -> None:
         self.samples, self.labels, self.tasks = samples, labels, tasks
         self.transform, self.seed, self.write_root = transform, seed, write_root
+        self.jpeg = jpeg
 
     def __len__(self) -> int:
         return len(self.samples) * len(self.tasks)
@@ -173,19 +212,39 @@ class CorruptedSet(torch.utils.data.Dataset):
         if task.corruption != CLEAN:
             rng = corruption_rng(self.seed, task.corruption, task.severity, index)
             x = corrupt(x, task.corruption, task.severity, rng)
+            encoded = encode_released(x) if self.jpeg or self.write_root is not None else b""
             if self.write_root is not None:
-                write_released(self.write_root, task, sample, x)
+                write_released(self.write_root, task, sample, encoded)
+            if self.jpeg:  # what the model sees is what the released files hold
+                x = decode_released(encoded)
         return uint8_to_tensor(x), self.labels[index], task_index
 
 
-def write_released(root: Path, task: Task, sample: Sample, x: np.ndarray) -> Path:
-    """Store one corrupted crop as ``root/<corruption>/<severity>/<class>/<stem>.JPEG`` (q85)."""
+JPEG_QUALITY = 85
+"""Quality of the released ImageNet-C files (hendrycks' generation code saves with 85)."""
+
+
+def encode_released(x: np.ndarray) -> bytes:
+    """A corrupted HxWx3 uint8 crop encoded as the released files are: JPEG quality 85
+    (``optimize=True``, as the original; it only changes the Huffman tables)."""
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return buf.getvalue()
+
+
+def decode_released(data: bytes) -> np.ndarray:
+    """The RGB pixels of :func:`encode_released`'s bytes (what reading the file back gives)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def write_released(root: Path, task: Task, sample: Sample, data: bytes) -> Path:
+    """Store one encoded crop as ``root/<corruption>/<severity>/<class>/<stem>.JPEG``."""
     folder = root / task.corruption / str(task.severity) / sample.class_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sample.path.stem}.JPEG"
-    image = Image.fromarray(x)
     return atomic_write(  # not durable: a generated set that can be written again
-        path, lambda f: image.save(f, format="JPEG", quality=85, optimize=True), durable=False
+        path, lambda f: f.write(data), durable=False
     )
 
 

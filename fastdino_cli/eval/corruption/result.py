@@ -17,6 +17,9 @@ import pandas as pd
 from fastdino_cli.eval.corruption.registry import ALL
 from fastdino_cli.fileio import atomic_write, write_text
 
+RELEASED = "released ImageNet-C files"
+"""The ``benchmark`` column of a run on the released files: its mCE is the published one."""
+
 RESULT_FILES = {"cells": "cells.csv", "summary": "summary.csv", "json": "results.json"}
 """Kind -> file name of what :func:`write_results` stores in the output folder."""
 
@@ -28,8 +31,9 @@ class CorruptEvalResult:
     ``cells``: one row per (model, corruption, severity) with top1, top5 (fractions) and n;
     ``summary``: one row per model with clean accuracy, the means over the 15 benchmark, the 4
     extra and all 19 corruptions (over the selected ones), mCE and relative mCE (NaN when not
-    defined; ``notes`` says why). ``files``: what was written (kind -> path), empty when the run
-    had no output folder.
+    defined; ``notes`` says why) and ``benchmark``: :data:`RELEASED`, or a description of the
+    on-the-fly corruptions, whose mCE is not the published benchmark's. ``files``: what was
+    written (kind -> path), empty when the run had no output folder.
     """
 
     cells: pd.DataFrame
@@ -64,7 +68,12 @@ def format_table(result: CorruptEvalResult) -> str:
     pct = ["clean_top1", "clean_top5", "mean_benchmark", "mean_extra", "mean_all"]
     shown = summ[pct] * 100
     shown[["mCE", "relative_mCE"]] = summ[["mCE", "relative_mCE"]]
+    on_the_fly = [b for b in summ.get("benchmark", pd.Series(dtype=str)) if b != RELEASED]
+    if on_the_fly:  # the star says: not the published benchmark's mCE
+        shown = shown.rename(columns={"mCE": "mCE*", "relative_mCE": "relative_mCE*"})
     lines += ["", shown.round(1).to_string(na_rep="-")]
+    if on_the_fly:
+        lines.append(f"* {on_the_fly[0]}")
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
 

@@ -5,9 +5,16 @@ Two sources of corrupted images:
 * ``imagenet_c=ROOT``: the released data (or FastDINOv2's ``val/`` variant), read through a
   centre crop to the classifier's input size (hendrycks' ``test.py`` protocol; no resize of the
   224 px images) unless ``resize_c=True``; clean accuracy from an optional ``clean=DIR``.
-* ``val=DIR``: a clean labelled folder, cropped with the classifier's own eval transform and
-  corrupted on the fly in data-loader workers (deterministic under ``seed``), optionally stored
-  with ``write_c=OUT`` in the released layout.
+* ``val=DIR``: a clean labelled folder, cropped with the classifier's own eval transform,
+  corrupted on the fly in data-loader workers (deterministic under ``seed``) and put through a
+  JPEG quality-85 round trip as the released files were (``jpeg=False`` skips it), optionally
+  stored with ``write_c=OUT`` in the released layout. Its mCE is marked as not the published
+  benchmark (the ``benchmark`` column, a note): AlexNet's errors were measured on the files.
+
+With ``clean=DIR`` the clean images are always read with the model's own eval transform
+(Resize 256 -> centre crop 224 for a 224 px probe, hendrycks' ``test.py``), never with the
+corrupted images' centre crop. A probe whose input is not 224 px gets a one-line warning in crop
+mode: FastDINOv2 evaluated ImageNet-C with Resize 256 -> 224 (``resize_c=True``).
 
 :func:`run_corrupt_eval` is ``fastdino corrupt-eval`` as one call: it classifies with the probe
 head stored in each checkpoint (:func:`fastdino_cli.eval.classifier.load_probe_classifier`),
@@ -18,8 +25,8 @@ can call :func:`evaluate_classifiers` with any model exposing ``class_names`` an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +40,9 @@ from fastdino_cli.eval.corruption.data import (
     FileSet,
     Sample,
     Task,
-    center_crop_pil,
     find_imagenet_c,
     list_labelled_images,
-    tensor_to_uint8,
+    resolve_transform,
     worker_init,
 )
 from fastdino_cli.eval.corruption.metrics import (
@@ -47,36 +53,8 @@ from fastdino_cli.eval.corruption.metrics import (
 )
 from fastdino_cli.eval.corruption.registry import ALL, BENCHMARK, EXTRA, group_of, parse_corruptions
 from fastdino_cli.eval.corruption.registry import parse_severities as _parse_severities
-from fastdino_cli.eval.corruption.result import CorruptEvalResult, write_results
+from fastdino_cli.eval.corruption.result import RELEASED, CorruptEvalResult, write_results
 from fastdino_cli.eval.outputs import check_output_dir
-
-
-def _resolve_transform(model, mode: str) -> Callable:
-    """PIL -> HxWx3 uint8 crop for ``model``: its own eval transform, or a centre crop."""
-    size = int(getattr(model, "image_size", 224))
-    if mode == "crop":
-        return _CenterCrop(size)
-    if hasattr(model, "preprocess"):
-        return _ModelPreprocess(model.preprocess)
-    raise DataError(
-        f"model {type(model).__name__} has no preprocess(); it cannot crop clean images itself"
-    )
-
-
-@dataclass(frozen=True)
-class _CenterCrop:
-    size: int
-
-    def __call__(self, img) -> np.ndarray:
-        return center_crop_pil(img, self.size)
-
-
-@dataclass(frozen=True)
-class _ModelPreprocess:
-    preprocess: Callable
-
-    def __call__(self, img) -> np.ndarray:
-        return tensor_to_uint8(self.preprocess(img))
 
 
 def _label_map(model_classes: list[str], data_classes: list[str], labels: dict[str, str], where):
@@ -137,6 +115,7 @@ def evaluate_classifiers(
     device: str = "cpu",
     max_per_class: int | None = None,
     resize_c: bool = False,
+    jpeg: bool = True,
 ) -> CorruptEvalResult:
     """Evaluate named classifiers on corrupted images; see the module docstring for the modes."""
     if (imagenet_c is None) == (val is None):
@@ -159,23 +138,27 @@ def evaluate_classifiers(
         "severities": levels,
         "seed": seed,
         "transform": {},
+        "benchmark": RELEASED if imagenet_c is not None else _on_the_fly(jpeg),
     }
+    if val is not None:
+        meta["jpeg_q85"] = jpeg
     if val is not None:
         samples = list_labelled_images(val, max_per_class)
         tasks = [Task(CLEAN, 0)] + [Task(c, s) for c in names for s in levels]
         for g, group in enumerate(_group_by_transform(models, crop_only=False)):
-            transform = _resolve_transform(models[group[0]], "model")
+            transform = resolve_transform(models[group[0]], "model")
             data_classes = [s.class_name for s in samples]
             maps = {n: _label_map(models[n].class_names, data_classes, {}, val) for n in group}
             labels = list(range(len(samples)))
             out = Path(write_c) if write_c is not None and g == 0 else None  # one copy
-            ds = CorruptedSet(samples, labels, tasks, transform, seed, out)
+            ds = CorruptedSet(samples, labels, tasks, transform, seed, out, jpeg=jpeg)
             loader = torch.utils.data.DataLoader(ds, shuffle=False, **loader_kw)
             counts = _count({n: models[n] for n in group}, loader, len(tasks), device, maps)
             rows += _rows(counts, tasks)
             for n in group:
                 meta["transform"][n] = (
                     f"model eval transform ({_describe(models[n])}), then corrupt"
+                    + (", then JPEG quality 85" if jpeg else "")
                 )
     else:
         sets, labels_txt = find_imagenet_c(imagenet_c, names, levels, max_per_class)
@@ -183,10 +166,17 @@ def evaluate_classifiers(
             sets = {Task(CLEAN, 0): list_labelled_images(clean, max_per_class), **sets}
         tasks = list(sets)
         mode = "model" if resize_c else "crop"
-        for group in _group_by_transform(models, crop_only=not resize_c):
-            transform = _resolve_transform(models[group[0]], mode)
+        if not resize_c:
+            _warn_small_input(models, meta)
+        # clean images always go through the model's own eval transform (hendrycks' test.py:
+        # Resize 256 -> CenterCrop 224); so with --clean, models share a pass only when their
+        # eval transforms agree too
+        for group in _group_by_transform(models, crop_only=not resize_c and clean is None):
+            transform = resolve_transform(models[group[0]], mode)
+            clean_transform = resolve_transform(models[group[0]], "model") if clean else None
             items, maps = _file_items(sets, models, group, labels_txt, imagenet_c)
-            ds = FileSet(items, transform)
+            per_task = {0: clean_transform} if clean_transform is not None else {}
+            ds = FileSet(items, transform, per_task)
             loader = torch.utils.data.DataLoader(ds, shuffle=False, **loader_kw)
             counts = _count({n: models[n] for n in group}, loader, len(tasks), device, maps)
             rows += _rows(counts, tasks)
@@ -196,8 +186,51 @@ def evaluate_classifiers(
                     if resize_c
                     else f"centre crop {getattr(models[n], 'image_size', 224)} (no resize)"
                 )
+                if clean is not None:
+                    meta.setdefault("clean_transform", {})[n] = (
+                        f"model eval transform ({_describe(models[n])})"
+                    )
     table = pd.DataFrame(rows)
     return _summarise(table, models, meta)
+
+
+ON_THE_FLY_NOTE = (
+    "mCE from on-the-fly corruptions is not the published ImageNet-C benchmark: AlexNet's "
+    "errors were measured on the released JPEG files"
+)
+
+
+def _on_the_fly(jpeg: bool) -> str:
+    """The ``benchmark`` column of an on-the-fly run (mCE there is comparable only roughly)."""
+    step = "JPEG q85 round trip" if jpeg else "no JPEG step"
+    return f"on-the-fly corruptions ({step}), not the published benchmark"
+
+
+REFERENCE_INPUT = 224
+"""Side of the released ImageNet-C images (and of the crop hendrycks' ``test.py`` takes)."""
+
+
+def _warn_small_input(models: dict, meta: dict) -> None:
+    """One line per model whose input is not 224 px: a crop shows only part of each image.
+
+    FastDINOv2 evaluated its 112/224 px models on ImageNet-C with Resize 256 -> 224
+    (``--resize-c``); a centre crop of another size compares a different field of view.
+    """
+    for name, model in models.items():
+        size = int(getattr(model, "image_size", REFERENCE_INPUT))
+        if size == REFERENCE_INPUT:
+            continue
+        seen = (
+            f"sees only the centre {size} px of each {REFERENCE_INPUT} px image"
+            if size < REFERENCE_INPUT
+            else f"sees each {REFERENCE_INPUT} px image upscaled"
+        )
+        line = (
+            f"{name}: the probe's input is {size} px, not {REFERENCE_INPUT}, so in crop mode it "
+            f"{seen}; FastDINOv2 evaluated with Resize 256 -> 224 (--resize-c)"
+        )
+        meta.setdefault("warnings", []).append(line)
+        print(f"fastdino: warning: {line}", file=sys.stderr)
 
 
 def _file_items(sets: dict[Task, list[Sample]], models, group, labels_txt, root):
@@ -279,6 +312,7 @@ def _summarise(table: pd.DataFrame, models: dict, meta: dict) -> CorruptEvalResu
             "mean_all": _mean(per_c, ALL),
             "mCE": np.nan,
             "relative_mCE": np.nan,
+            "benchmark": meta.get("benchmark", RELEASED),
         }
         why_mce, why_rel = mce_unavailable_reason(list(model.class_names), set(top1), has_clean)
         errors = corruption_errors(top1)
@@ -289,6 +323,8 @@ def _summarise(table: pd.DataFrame, models: dict, meta: dict) -> CorruptEvalResu
         for why in {why_mce, why_rel} - {None}:
             note = f"{name}: mCE not shown: {why}" if why == why_mce else f"{name}: {why}"
             notes.append(note)
+        if meta.get("mode") == "val" and (why_mce is None or why_rel is None):
+            notes.append(f"{name}: {ON_THE_FLY_NOTE}")
         summary.append(row)
     return CorruptEvalResult(cells, pd.DataFrame(summary), notes, meta)
 
@@ -313,6 +349,7 @@ def run_corrupt_eval(
     device: str = "auto",
     max_per_class: int | None = None,
     resize_c: bool = False,
+    jpeg: bool = True,
     out: str | Path | None = None,
 ) -> CorruptEvalResult:
     """``fastdino corrupt-eval`` as one call: every checkpoint's stored probe classifier on the
@@ -335,7 +372,7 @@ def run_corrupt_eval(
     result = evaluate_classifiers(
         models, imagenet_c=imagenet_c, val=val, clean=clean, write_c=write_c,
         corruptions=corruptions, severities=severities, seed=seed, batch_size=batch_size,
-        workers=workers, device=dev, max_per_class=max_per_class, resize_c=resize_c,
+        workers=workers, device=dev, max_per_class=max_per_class, resize_c=resize_c, jpeg=jpeg,
     )  # fmt: skip
     if out is not None:
         result.files = write_results(result, out)

@@ -5,7 +5,8 @@ is supported only on the conjugate pair {(i, j), (-i, -j)}, scaled to unit L2 no
 N x N plane. Every evaluation image X becomes ``clamp(X + eps * r * U_ij, 0, 1)`` in [0, 1]
 pixel space, before the classifier normalises it, with a sign r in {-1, +1} drawn per image and
 per colour channel. The heatmap holds the classification error at each (i, j), with the zero
-frequency at the centre.
+frequency at the centre. The top-5 error (the true class not among the five highest logits)
+is counted on the same forward passes and mapped the same way, beside the top-1 map.
 
 Why only half of the plane is evaluated: U_{-i,-j} is the same real wave as U_ij (the random
 sign already covers its negation), so one basis per conjugate pair suffices; that is
@@ -45,12 +46,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdino_cli import console
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.fileio import atomic_write
 
 PAPER_EPS = 15.7
 PAPER_SIZE = 224
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: top-1 and top-5 counts
 
 Classifier = Callable[[Tensor], Tensor]  # (B, 3, H, W) in [0, 1] -> logits (B, C)
 
@@ -164,19 +166,32 @@ class FourierResult:
     window: int | None
     seed: int
     n_images: int
+    error_top5: np.ndarray | None = None  # the same map for the top-5 error (None: not read)
+    clean_error_top5: float | None = None
+    per_frequency_top5: np.ndarray | None = None
 
     @property
     def error_minus_clean(self) -> np.ndarray:
         return self.error - self.clean_error
 
+    @property
+    def error_top5_minus_clean(self) -> np.ndarray | None:
+        if self.error_top5 is None or self.clean_error_top5 is None:
+            return None
+        return self.error_top5 - self.clean_error_top5
 
-def radial_profile(result: FourierResult) -> tuple[np.ndarray, np.ndarray]:
-    """Mean error over rings of integer frequency radius: (radii, mean error per radius)."""
+
+def radial_profile(result: FourierResult, *, top5: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean error over rings of integer frequency radius: (radii, mean error per radius);
+    ``top5`` for the top-5 map."""
+    error = result.error_top5 if top5 else result.error
+    if error is None:
+        raise ValueError("this result has no top-5 map")
     fy, fx = np.meshgrid(result.axis, result.axis, indexing="ij")
     radius = np.rint(np.hypot(fy, fx)).astype(np.int64)
-    valid = ~np.isnan(result.error)
+    valid = ~np.isnan(error)
     radii = np.unique(radius[valid])
-    means = np.array([result.error[valid & (radius == r)].mean() for r in radii])
+    means = np.array([error[valid & (radius == r)].mean() for r in radii])
     return radii, means
 
 
@@ -188,12 +203,14 @@ def images_digest(images: Tensor, labels: Tensor) -> str:
     return h.hexdigest()
 
 
-def _save_state(path: Path, key: str, wrong: np.ndarray, done: np.ndarray, clean: int) -> None:
+def _save_state(
+    path: Path, key: str, wrong: np.ndarray, done: np.ndarray, clean: np.ndarray
+) -> None:
     """Write the partial counts atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(
         path,
-        lambda f: np.savez(f, key=np.array(key), wrong=wrong, done=done, clean=np.array(clean)),
+        lambda f: np.savez(f, key=np.array(key), wrong=wrong, done=done, clean=clean),
     )
 
 
@@ -203,45 +220,28 @@ def _load_state(path: Path, key: str, n_freqs: int):
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key or z["wrong"].shape != (n_freqs,):
+            if str(z["key"]) != key or z["wrong"].shape != (n_freqs, 2):
                 return None
-            return z["wrong"].copy(), z["done"].copy(), int(z["clean"])
+            return z["wrong"].copy(), z["done"].copy(), z["clean"].astype(np.int64)
     except (OSError, ValueError, KeyError):
         return None
 
 
 def _progress(enabled: bool, description: str, total: int, completed: int):
-    """A rich progress bar with ETA on a terminal, otherwise None."""
+    """A bar in the house style with ETA on a terminal (``console.Bar``), otherwise None."""
     if not enabled or not sys.stderr.isatty():
         return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("perturbed images"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    bar.start()
-    bar.add_task(description, total=total, completed=completed)
-    return bar
+    return console.Bar(description, total, completed=completed, unit="perturbed images").start()
 
 
 @torch.inference_mode()
 def _count_wrong(classify: Classifier, x: Tensor, labels: Tensor) -> Tensor:
-    return (classify(x).argmax(dim=-1) != labels).to(torch.int64)
+    """(B, 2) int64: top-1 wrong (argmax), top-5 wrong (top-k with k = min(5, classes))."""
+    logits = classify(x)
+    top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    wrong1 = logits.argmax(dim=-1) != labels
+    wrong5 = ~(top == labels[:, None]).any(dim=-1)
+    return torch.stack([wrong1, wrong5], dim=-1).to(torch.int64)
 
 
 def compute_fourier_heatmap(
@@ -302,14 +302,15 @@ def compute_fourier_heatmap(
     if state is not None:
         wrong, done, clean_wrong = state
     else:
-        wrong = np.zeros(len(freqs), dtype=np.int64)
+        wrong = np.zeros((len(freqs), 2), dtype=np.int64)  # top-1, top-5
         done = np.zeros(len(freqs), dtype=bool)
-        clean_wrong = -1
-    if clean_wrong < 0:
+        clean_wrong = np.full(2, -1, dtype=np.int64)
+    if clean_wrong[0] < 0:
         clean_wrong = sum(
-            int(
-                _count_wrong(classify, images[i : i + batch_size], labels[i : i + batch_size]).sum()
-            )
+            _count_wrong(classify, images[i : i + batch_size], labels[i : i + batch_size])
+            .sum(dim=0)
+            .cpu()
+            .numpy()
             for i in range(0, m, batch_size)
         )
 
@@ -324,18 +325,18 @@ def compute_fourier_heatmap(
             basis = fourier_basis(freqs[idx], n, device=images.device, dtype=images.dtype)
             signs = np.stack([perturbation_signs(seed, freqs[i], m) for i in idx])
             signs_t = torch.from_numpy(signs).to(device=images.device, dtype=images.dtype)
-            counts = torch.zeros(len(idx), dtype=torch.int64, device=images.device)
+            counts = torch.zeros(len(idx), 2, dtype=torch.int64, device=images.device)
             for i0 in range(0, m, img_chunk):
                 x = images[i0 : i0 + img_chunk]
                 s = signs_t[:, i0 : i0 + img_chunk]  # (F, I, 3)
                 delta = eps * s[..., None, None] * basis[:, None, None]  # (F, I, 3, N, N)
                 xt = (x[None] + delta).clamp_(0, 1).flatten(0, 1)
                 y = labels[i0 : i0 + img_chunk].repeat(len(idx))
-                counts += _count_wrong(classify, xt, y).view(len(idx), -1).sum(dim=1)
+                counts += _count_wrong(classify, xt, y).view(len(idx), -1, 2).sum(dim=1)
             wrong[idx] = counts.cpu().numpy()
             done[idx] = True
             if bar is not None:
-                bar.advance(bar.task_ids[0], len(idx) * m)
+                bar.advance(len(idx) * m)
             if path is not None and time.monotonic() - last_save >= save_interval_s:
                 _save_state(path, key, wrong, done, clean_wrong)
                 last_save = time.monotonic()
@@ -345,10 +346,10 @@ def compute_fourier_heatmap(
         if path is not None:
             _save_state(path, key, wrong, done, clean_wrong)
 
-    per_freq = wrong / m
+    per_freq, per_freq5 = wrong[:, 0] / m, wrong[:, 1] / m
     return FourierResult(
         error=mirror_to_plane(per_freq, freqs, n, window),
-        clean_error=clean_wrong / m,
+        clean_error=int(clean_wrong[0]) / m,
         per_frequency=per_freq,
         freqs=freqs,
         axis=map_axis(n, window),
@@ -357,4 +358,7 @@ def compute_fourier_heatmap(
         window=window,
         seed=seed,
         n_images=m,
+        error_top5=mirror_to_plane(per_freq5, freqs, n, window),
+        clean_error_top5=int(clean_wrong[1]) / m,
+        per_frequency_top5=per_freq5,
     )

@@ -12,7 +12,6 @@ of the drawing package.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -137,6 +136,7 @@ def _probe_identity(clf: Any) -> dict[str, Any]:
         "n_last_blocks": int(clf.n_last_blocks),
         "avgpool": bool(clf.avgpool),
         "recipe": clf.recipe.to_dict(),
+        "precision": clf.precision.to_dict(),
     }
 
 
@@ -154,14 +154,15 @@ def run_fourier_heatmaps(
     batch_size: int = 256,
     radial: bool = False,
     device: str = "auto",
-    bf16: bool = False,
     progress: bool = True,
 ) -> FourierRun:
     """Fourier heatmaps of several checkpoints on one image set; the numbers written to ``out``.
 
     Every checkpoint is evaluated at the same ``size`` (default: the first probe's crop size)
     so their maps share one grid and one colour scale. ``radial`` also writes the mean error
-    per frequency radius (``radial.csv``) and marks the run for the radial figure.
+    per frequency radius (``radial.csv``) and marks the run for the radial figure. Each
+    classifier runs with the precision policy its probe head was trained with
+    (``features.Precision``, recorded in ``meta.json``), as ``probe`` and ``corrupt-eval`` do.
     """
     from fastdino_cli.eval.classifier import load_probe_classifier
 
@@ -175,8 +176,6 @@ def run_fourier_heatmaps(
         raise ConfigError(f"--eps {eps} must be a positive number")
     out_dir = check_output_dir(out)
     dev = resolve_device(device)
-    if bf16 and dev.type != "cuda":
-        raise ConfigError("--bf16 needs a CUDA device; drop it on CPU")
     classifiers = [load_probe_classifier(p, device="cpu") for p in paths]  # fail fast, no probe
     size = check_size(size, paths, classifiers)
     half_plane_frequencies(size, window)  # validates the window before any work
@@ -206,10 +205,8 @@ def run_fourier_heatmaps(
         probe_id = _probe_identity(clf)
         clf.to(dev)
 
-        def classify(x: Tensor, clf=clf) -> Tensor:
-            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with ctx:
-                return clf.forward_pixels(x).float()
+        def classify(x: Tensor, clf=clf) -> Tensor:  # under the probe's precision policy
+            return clf.forward_pixels(x).float()
 
         folder = out_dir / label
         folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +220,7 @@ def run_fourier_heatmaps(
             seed=seed,
             batch_size=batch_size,
             state_path=folder / "state.npz",
-            identity={"checkpoint_sha256": sha, "probe": probe_id, "bf16": bf16},
+            identity={"checkpoint_sha256": sha, "probe": probe_id},
             progress=progress,
             description=label,
         )
@@ -248,11 +245,13 @@ def run_fourier_heatmaps(
             "n_bases": int(len(result.freqs)),
             "clean_error": result.clean_error,
             "mean_error": float(np.nanmean(result.error)),
+            "clean_error_top5": result.clean_error_top5,
+            "mean_error_top5": float(np.nanmean(result.error_top5)),
             "axis": [int(a) for a in result.axis],
             "map_layout": "rows = vertical frequency, columns = horizontal, DC at the centre",
             "batch_size": batch_size,
             "device": str(dev),
-            "bf16": bf16,
+            "precision": clf.precision.to_dict(),
             "seconds_this_call": round(seconds, 3),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": platform.node(),
@@ -266,7 +265,14 @@ def run_fourier_heatmaps(
         "window": window,
         "seed": seed,
         "checkpoints": [
-            {"label": lab, "checkpoint": str(p), "clean_error": r.clean_error}
+            {
+                "label": lab,
+                "checkpoint": str(p),
+                "clean_error": r.clean_error,
+                "mean_error": float(np.nanmean(r.error)),
+                "clean_error_top5": r.clean_error_top5,
+                "mean_error_top5": float(np.nanmean(r.error_top5)),
+            }
             for lab, p, r in zip(labels, paths, run.results, strict=True)
         ],
     }

@@ -4,7 +4,9 @@ The package was written for CNNs; on a DINOv2-style ViT several things fail sile
 unless they are handled here (``reference/eval_anchors.md`` §C):
 
 - the target layer is the last block's *first* norm (``blocks.-1.norm1``): ``norm2`` and the
-  attention output give all-zero maps;
+  attention output give all-zero maps. A probe head that reads the CLS of the last 4 blocks
+  depends on the first norms of those 4 blocks: several target layers can be given, and the
+  package min-max scales each layer's map and averages them (``spec.target_layers``);
 - the token sequence is ``[CLS, registers..., patches...]``: the reshape drops ``1 + R`` tokens
   and folds the rest into the real patch grid ``(H // patch, W // patch)`` of *this* input (the
   package's own ViT reshape drops one token and assumes a square 14x14 grid);
@@ -51,6 +53,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from fastdino_cli.errors import ConfigError
+from fastdino_cli.eval.features import FP32, Precision
 from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER
 
 
@@ -191,14 +194,24 @@ def _grad_enabled_fp32(model: nn.Module) -> Iterator[None]:
     """Gradients on (even inside no_grad / inference_mode), autocast off, params frozen.
 
     Parameters are frozen during the call so no ``.grad`` is accumulated on the caller's model;
-    the graph comes from the input, which requires grad. Flags and train mode are restored.
+    the graph comes from the input, which requires grad. A probe classifier's precision policy
+    (``features.Precision``: autocast + fp16-rounded features) is set to fp32 for the gradients
+    only; the class a map explains was predicted under the policy (``CamModel.logits``). Flags,
+    policies and train mode are restored.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    policies = [
+        (m, m.precision)
+        for m in model.modules()
+        if isinstance(getattr(m, "precision", None), Precision)
+    ]
     was_training = model.training
     device_type = next(model.parameters()).device.type
     try:
         for p, _ in flags:
             p.requires_grad_(False)
+        for m, _ in policies:
+            m.precision = FP32
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
@@ -208,6 +221,8 @@ def _grad_enabled_fp32(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+        for m, policy in policies:
+            m.precision = policy
         model.train(was_training)
 
 
@@ -229,7 +244,7 @@ def compute_cam(
     *,
     backbone: nn.Module,
     method: str = "gradcam",
-    target_layer: str = DEFAULT_TARGET_LAYER,
+    target_layer: str | Sequence[str] = DEFAULT_TARGET_LAYER,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     score_batch_size: int = 32,
@@ -245,7 +260,9 @@ def compute_cam(
             (argmax of the output) is meaningless on an embedding.
         backbone: the ViT inside ``model``: ``patch_size``, ``num_register_tokens`` and the
             target layer are read from it.
-        target_layer: dotted path below ``backbone`` (default the last block's ``norm1``).
+        target_layer: dotted path below ``backbone`` (default the last block's ``norm1``), or
+            several: the package computes a map per layer, min-max scales each, and returns
+            the min-max scaled mean of those maps.
     """
     spec = get_method(method)
     if spec.uses_targets and targets is None:
@@ -254,7 +271,10 @@ def compute_cam(
         raise ValueError(f"{len(targets)} targets for {inputs.shape[0]} images")
     model = prepare_for_cam(model)
     backbone = uncompile(backbone)
-    layer = resolve_module(backbone, target_layer)
+    names = [target_layer] if isinstance(target_layer, str) else list(target_layer)
+    if not names:
+        raise ConfigError("no target layer given")
+    layers = [resolve_module(backbone, name) for name in names]
     patch = int(backbone.patch_size)
     h, w = int(inputs.shape[-2]), int(inputs.shape[-1])
     if h % patch or w % patch:
@@ -272,7 +292,7 @@ def compute_cam(
     with _grad_enabled_fp32(model), _quiet_inner_progress():
         # the copy is made here, outside any caller's inference_mode, so autograd can use it
         x = inputs.detach().to(device, torch.float32).clone().requires_grad_(True)
-        cam = spec.cls(model, target_layers=[layer], reshape_transform=reshape, **kwargs)
+        cam = spec.cls(model, target_layers=layers, reshape_transform=reshape, **kwargs)
         if spec.cls is ScoreCAM:
             cam.batch_size = score_batch_size
         try:

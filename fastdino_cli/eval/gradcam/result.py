@@ -39,6 +39,8 @@ class CheckpointMaps:
     """Per image, e.g. ``class cat``, ``cos to prototype cat``, ``own embedding``."""
     score: list[float | None]
     """The target's value: softmax probability of the class, or the cosine."""
+    target_layers: list[str] = field(default_factory=list)
+    """The layers whose maps were averaged (``--layer probe`` differs per checkpoint)."""
 
 
 @dataclass
@@ -85,6 +87,7 @@ def write_gradcam(result: GradCamResult, out_dir: str | Path) -> list[Path]:
                 "confidence": c.confidence,
                 "explained": c.explained,
                 "score": c.score,
+                "target_layers": c.target_layers,
             }
         )
     meta = {
@@ -112,6 +115,7 @@ def load_columns(meta: dict, folder: str | Path) -> list[CheckpointMaps]:
             col["confidence"],
             col["explained"],
             col["score"],
+            col.get("target_layers") or [meta.get("target_layer", "")],
         )
         for col in meta["columns"]
     ]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdino_cli import console
 from fastdino_cli.devices import resolve_device
 from fastdino_cli.errors import CheckpointError, ConfigError, DataError
 from fastdino_cli.eval.gradcam.cam import class_targets, compute_cam, get_method, similarity_targets
@@ -31,7 +32,12 @@ from fastdino_cli.eval.gradcam.inputs import (
     sized_transform,
 )
 from fastdino_cli.eval.gradcam.result import CheckpointMaps, GradCamResult, write_gradcam
-from fastdino_cli.eval.gradcam.spec import DEFAULT_TARGET_LAYER, TargetSpec, parse_target
+from fastdino_cli.eval.gradcam.spec import (
+    DEFAULT_TARGET_LAYER,
+    TargetSpec,
+    parse_target,
+    target_layers,
+)
 from fastdino_cli.eval.outputs import check_output_dir
 
 
@@ -112,6 +118,21 @@ def _batch_targets(
     return similarity_targets(concepts, "cosine"), [f"prototype {n}" for n in names], cos
 
 
+def _layers_for(model: CamModel, text: str, explains_probe: bool) -> list[str]:
+    """The target layers of one checkpoint, with a one-line caveat when a probe head reads
+    more blocks than the maps look at."""
+    n = getattr(model.classifier, "n_last_blocks", None) if model.classifier is not None else None
+    layers = target_layers(text, n)
+    if explains_probe and n and n > 1 and len(layers) < n:
+        print(
+            f"fastdino: note: the probe head of {model.path or model.name} reads the CLS of its "
+            f"last {n} blocks; the map looks at {', '.join(layers)} only (--layer probe "
+            f"averages over the {n} blocks)",
+            file=sys.stderr,
+        )
+    return layers
+
+
 def run_gradcam(
     checkpoints: Sequence[str | Path | CamModel],
     *,
@@ -139,7 +160,8 @@ def run_gradcam(
     labelled folder ``data``. ``target``: see ``spec.TARGET_HELP``; ``prototype`` targets use class
     means over ``prototype_data`` (default ``data``). ``out`` receives ``gradcam.json`` and
     ``maps/<checkpoint>/<NNN>_<image>.npy`` (``result.py``); the grid figure is drawn from the
-    result by ``draw_gradcam`` of the drawing package.
+    result by ``draw_gradcam`` of the drawing package. ``target_layer``: one dotted path,
+    several comma-separated (their maps are averaged) or ``probe`` (``spec.target_layers``).
     """
     if not checkpoints:
         raise ConfigError("give at least one checkpoint")
@@ -212,9 +234,8 @@ def run_gradcam(
 
     batches = list(range(0, len(samples), batch_size))
     show = sys.stderr.isatty() if progress is None else progress
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(models) * len(samples), desc="grad-cam", unit="img", disable=not show)
+    bar = console.Bar("grad-cam", len(models) * len(samples), unit="images", enabled=show)
+    bar.start()
     columns = []
     try:
         for m, col_name in zip(models, col_names, strict=True):
@@ -230,6 +251,7 @@ def run_gradcam(
                 if proto_classes
                 else {}
             )
+            layers = _layers_for(m, target_layer, needs_probe)
             maps, pred, conf, explained, scores = [], [], [], [], []
             for i in batches:
                 batch_s = samples[i : i + batch_size]
@@ -256,21 +278,21 @@ def run_gradcam(
                         targets,
                         backbone=m.backbone,
                         method=method,
-                        target_layer=target_layer,
+                        target_layer=layers,
                         aug_smooth=aug_smooth,
                         eigen_smooth=eigen_smooth,
                     )
                 )
                 explained += what
                 scores += val
-                bar.update(len(batch_s))
+                bar.advance(len(batch_s))
             columns.append(
                 CheckpointMaps(
-                    col_name, m.path, np.concatenate(maps), pred, conf, explained, scores
+                    col_name, m.path, np.concatenate(maps), pred, conf, explained, scores, layers
                 )
             )
     finally:
-        bar.close()
+        bar.stop()
     result = GradCamResult(
         samples=samples,
         pixels=pixels.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32),

@@ -13,6 +13,14 @@ from fastdino_cli.errors import ConfigError
 DEFAULT_TARGET_LAYER = "blocks.-1.norm1"
 """The last block's first norm: ``norm2`` and the attention output give all-zero maps."""
 
+PROBE_LAYERS = "probe"
+"""``--layer probe``: the first norm of every block whose CLS the probe head reads."""
+
+LAYER_HELP = (
+    "Target layer(s): a dotted path below the backbone, several comma-separated (their maps "
+    "are averaged), or 'probe': the blocks the probe head reads."
+)
+
 METHOD_NAMES = (
     "gradcam",
     "gradcam++",
@@ -40,6 +48,26 @@ class TargetSpec:
     @property
     def needs_probe(self) -> bool:
         return self.kind in ("predicted", "true", "class")
+
+
+def target_layers(text: str, n_last_blocks: int | None) -> list[str]:
+    """``--layer`` text -> dotted paths below the backbone.
+
+    ``probe`` names ``blocks.-k.norm1`` for k = n .. 1, the blocks whose CLS tokens a probe
+    head reading the last ``n_last_blocks`` blocks sees (the last block alone without a head).
+    The ``grad-cam`` package computes one map per layer, min-max scales each and averages them.
+    """
+    layers = [part.strip() for part in text.split(",") if part.strip()]
+    if not layers:
+        raise ConfigError(f"--layer {text!r} names no layer; e.g. {DEFAULT_TARGET_LAYER}")
+    out: list[str] = []
+    for layer in layers:
+        if layer.lower() == PROBE_LAYERS:
+            n = max(1, int(n_last_blocks or 1))
+            out += [f"blocks.-{k}.norm1" for k in range(n, 0, -1)]
+        else:
+            out.append(layer)
+    return list(dict.fromkeys(out))
 
 
 def parse_target(text: str) -> TargetSpec:

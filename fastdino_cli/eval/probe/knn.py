@@ -6,6 +6,11 @@ and class scores = the sum of the votes of the first ``k`` neighbours of each cl
 highest score (lowest class index on ties); a sample is top-5 correct when its class has a
 positive score and fewer than five classes score strictly higher.
 
+``class_mask`` restricts the vote to a subset of the classes (ImageNet-A / -R style: a test
+folder holding 200 of the 1000 training classes): neighbours of the other classes still take
+their share of the softmax, but those classes can never be predicted. Each result also carries
+every val sample's top-1 class (``predictions``), for per-class accuracy and confusions.
+
 Memory stays bounded: val is processed in chunks, and for each chunk the train set in shards
 whose top-k are merged, so an ImageNet-sized (1.28M x 50k) similarity matrix never exists.
 """
@@ -13,7 +18,7 @@ whose top-k are merged, so an ImageNet-sized (1.28M x 50k) similarity matrix nev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,8 @@ class KnnResult:
     k: int
     top1: float
     top5: float
+    predictions: Tensor | None = field(default=None, repr=False, compare=False)
+    """Top-1 class of every val sample (CPU, long), in val order."""
 
 
 def topk_neighbours(
@@ -59,7 +66,11 @@ def class_scores(
 
 def correct_top1_top5(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample booleans: argmax == label; label scores > 0 with < 5 classes above it."""
-    top1 = scores.argmax(dim=1) == labels
+    return _correct(scores, labels, scores.argmax(dim=1))
+
+
+def _correct(scores: Tensor, labels: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+    top1 = pred == labels
     own = scores.gather(1, labels[:, None])
     above = (scores > own).sum(dim=1)
     top5 = (own[:, 0] > 0) & (above < 5)
@@ -79,8 +90,13 @@ def knn_classify(
     val_chunk: int = 1024,
     bank_chunk: int = 65536,
     device: str | torch.device | None = None,
+    class_mask: Tensor | None = None,
 ) -> list[KnnResult]:
-    """Top-1 / top-5 (%) for each k (capped at the train size; duplicates after capping merged)."""
+    """Top-1 / top-5 (%) for each k (capped at the train size; duplicates after capping merged).
+
+    ``class_mask`` (bool, one per class): only these classes can be predicted; every val label
+    must be one of them.
+    """
     if not ks:
         raise ValueError("need at least one k")
     device = torch.device(device) if device is not None else train_feats.device
@@ -92,14 +108,29 @@ def knn_classify(
     bank_labels = train_labels.to(device)
     hits1 = {k: 0 for k in eff_ks}
     hits5 = {k: 0 for k in eff_ks}
+    preds: dict[int, list[Tensor]] = {k: [] for k in eff_ks}
+    banned = None if class_mask is None else ~class_mask.to(device, torch.bool)
     for start in range(0, val_feats.shape[0], val_chunk):
         q = F.normalize(val_feats[start : start + val_chunk].to(device, torch.float32), dim=1)
         y = val_labels[start : start + val_chunk].to(device)
         sims, idx = topk_neighbours(q.to(dtype), bank, k_max, bank_chunk=bank_chunk)
         nl = bank_labels[idx]
         for k in eff_ks:
-            c1, c5 = correct_top1_top5(class_scores(sims, nl, k, num_classes, temperature), y)
+            scores = class_scores(sims, nl, k, num_classes, temperature)
+            if banned is not None:
+                scores[:, banned] = float("-inf")
+            pred = scores.argmax(dim=1)
+            c1, c5 = _correct(scores, y, pred)
             hits1[k] += int(c1.sum())
             hits5[k] += int(c5.sum())
+            preds[k].append(pred.cpu())
     n = max(1, val_feats.shape[0])
-    return [KnnResult(k, 100.0 * hits1[k] / n, 100.0 * hits5[k] / n) for k in eff_ks]
+    return [
+        KnnResult(
+            k,
+            100.0 * hits1[k] / n,
+            100.0 * hits5[k] / n,
+            torch.cat(preds[k]) if preds[k] else torch.zeros(0, dtype=torch.long),
+        )
+        for k in eff_ks
+    ]

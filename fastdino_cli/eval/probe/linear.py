@@ -165,20 +165,31 @@ def train_linear_grid(
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    steps: int | None = None,
 ) -> LinearGrid:
-    """Train every (recipe, lr) head together with SGD momentum 0.9 and a cosine schedule."""
+    """Train every (recipe, lr) head together with SGD momentum 0.9 and a cosine schedule.
+
+    ``epochs`` passes over ``feats`` by default; ``steps`` fixes the number of SGD steps instead
+    (the few-shot heads: the chosen head's schedule on fewer images), passing over the data as
+    often as it takes (each pass a fresh permutation, the last pass cut short).
+    """
     device = torch.device(device)
     n = len(feats)
+    if n == 0:
+        raise DataError("no training images to fit a linear head on")
+    total = epochs * math.ceil(n / batch_size) if steps is None else int(steps)
     trainer = GridTrainer(
         in_dims=input_dims(recipes, feats.cls.shape[-1]), recipes=recipes, lrs=lrs,
-        num_classes=num_classes, batch_size=batch_size,
-        total_steps=epochs * math.ceil(n / batch_size), seed=seed, device=device,
+        num_classes=num_classes, batch_size=batch_size, total_steps=total, seed=seed,
+        device=device,
     )  # fmt: skip
     cls, pm, y_all = feats.cls.to(device), feats.patch_mean.to(device), feats.labels.to(device)
     g = torch.Generator().manual_seed(seed + 1)
-    for _ in range(epochs):
+    while trainer.t < total:
         perm = torch.randperm(n, generator=g).to(device)
         for start in range(0, n, batch_size):
+            if trainer.t >= total:
+                break
             idx = perm[start : start + batch_size]
             trainer.step(cls[idx], pm[idx], y_all[idx])
     return trainer.grid()

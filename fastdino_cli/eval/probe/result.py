@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastdino_cli.eval.features import FeatureRecipe
+from fastdino_cli.eval.probe.fewshot import FewShotResult
 from fastdino_cli.eval.probe.knn import KnnResult
 from fastdino_cli.eval.probe.linear import LinearResult
+from fastdino_cli.eval.probe.perclass import Confusion
+from fastdino_cli.eval.probe.subsets import SubsetResult
 from fastdino_cli.fileio import atomic_write, write_text
-from fastdino_cli.rundir import PROBE_JSON
+from fastdino_cli.rundir import PROBE_DIR, PROBE_JSON
 
 if TYPE_CHECKING:
     import pandas as pd
+    from torch import Tensor
 
 LEGEND = (
     "accuracies in %; linear: the head chosen on the held-out part of --train, evaluated once on "
@@ -45,6 +49,15 @@ class ProbeRow:
     features_cached: bool = False
     seconds: float = 0.0
     stored_in: str | None = None
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    """One record per class: ``class``, ``num_val``, ``linear`` and ``knn<k>`` top-1 (%)."""
+    confusions: list[Confusion] = field(default_factory=list)
+    few_shot: list[FewShotResult] = field(default_factory=list)
+    subsets: list[SubsetResult] = field(default_factory=list)
+    refit: dict[str, Any] | None = None
+    """``--refit``: the chosen head retrained on all of train (``top1``, ``top5``, ``num_fit``)."""
+    refit_head: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    """(weight, bias) of the refit head: the one stored in the checkpoint under ``--refit``."""
 
     def flat(self) -> dict[str, Any]:
         """One table row: plain columns, accuracies in %."""
@@ -55,6 +68,8 @@ class ProbeRow:
         row[f"knn{best_k.k}_top5"] = round(best_k.top5, 2)
         row["linear"] = round(self.linear.val_top1, 2)
         row["linear_top5"] = round(self.linear.val_top5, 2)
+        if self.refit is not None:
+            row["linear_refit"] = round(self.refit["top1"], 2)
         row["heldout"] = round(self.linear.holdout_top1, 2)
         row["best_on_val*"] = round(self.linear.best_on_val_top1, 2)
         row["head"] = self.linear.spec.label()
@@ -89,6 +104,11 @@ class ProbeRow:
                 "holdout_top1_per_head": dict(lin.holdout_table),
             },
             "invariance": self.invariance,
+            "per_class": self.per_class,
+            "top_confusions": [c.to_dict() for c in self.confusions],
+            "few_shot": [f.to_dict() for f in self.few_shot],
+            "subsets": [s.to_dict() for s in self.subsets],
+            "refit": self.refit,
             "features_cached": self.features_cached,
             "seconds": round(self.seconds, 3),
             "stored_in": self.stored_in,
@@ -112,6 +132,69 @@ class ProbeReport:
     def to_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "rows": [r.to_dict() for r in self.rows]}
 
+    def few_shot_frame(self) -> pd.DataFrame:
+        """One row per (model, shot count): mean and sample std over the tries of top-1 (%)."""
+        import pandas as pd
+
+        records = []
+        for row in self.rows:
+            for fs in row.few_shot:
+                rec: dict[str, Any] = {
+                    "model": row.name,
+                    "shots": fs.shots,
+                    "tries": len(fs.tries),
+                    "num_train": fs.tries[0].num_train,
+                }
+                for name, (mean, std) in fs.stats().items():
+                    rec[f"{name}_mean"], rec[f"{name}_std"] = round(mean, 2), round(std, 2)
+                records.append(rec)
+        frame = pd.DataFrame(records)
+        # a k above a subset's size does not exist there (kNN caps it): its cells stay empty
+        ks = sorted(
+            {int(c[3:-5]) for c in frame.columns if c.startswith("knn") and c.endswith("_mean")}
+        )
+        order = ["model", "shots", "tries", "num_train"]
+        order += [f"{name}_{stat}" for name in [*(f"knn{k}" for k in ks), "linear"]
+                  for stat in ("mean", "std")]  # fmt: skip
+        return frame[order] if len(frame) else frame
+
+    def subsets_frame(self) -> pd.DataFrame:
+        """One row per (model, --test folder): top-1 (%) with the logits restricted."""
+        import pandas as pd
+
+        records = []
+        for row in self.rows:
+            for sub in row.subsets:
+                rec: dict[str, Any] = {
+                    "model": row.name,
+                    "test": sub.folder,
+                    "images": sub.num_images,
+                    "classes": sub.num_classes,
+                }
+                for r in sub.knn:
+                    rec[f"knn{r.k}"] = round(r.top1, 2)
+                rec["linear"] = round(sub.linear_top1, 2)
+                rec["linear_top5"] = round(sub.linear_top5, 2)
+                rec["linear_all_classes"] = round(sub.linear_top1_all_classes, 2)
+                if sub.refit_top1 is not None:
+                    rec["linear_refit"] = round(sub.refit_top1, 2)
+                records.append(rec)
+        return pd.DataFrame(records)
+
+    def per_class_frame(self) -> pd.DataFrame:
+        """One row per (model, class): val images and top-1 (%) of the linear head and kNN."""
+        import pandas as pd
+
+        return pd.DataFrame([{"model": r.name, **rec} for r in self.rows for rec in r.per_class])
+
+    def confusions_frame(self) -> pd.DataFrame:
+        """The top confusions of each model (cost: points of overall top-1 lost to the pair)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [{"model": r.name, **c.to_dict()} for r in self.rows for c in r.confusions]
+        )
+
 
 def write_probe_json(ckpt_path: Path, rows: list[ProbeRow]) -> Path:
     """``probe.json`` beside the checkpoint, keyed by checkpoint file name (other keys kept)."""
@@ -126,10 +209,50 @@ def write_probe_json(ckpt_path: Path, rows: list[ProbeRow]) -> Path:
     return write_text(target, json.dumps(data, indent=2) + "\n")
 
 
+def details_path(ckpt_path: str | Path, name: str) -> Path:
+    """``<checkpoint folder>/probe/<checkpoint stem>_<name>``: per-class files of one checkpoint."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent / PROBE_DIR / f"{ckpt_path.stem}_{name}"
+
+
+def write_details(ckpt_path: Path, rows: list[ProbeRow]) -> list[Path]:
+    """Per-class accuracy and top confusions of ``rows`` (one checkpoint) under ``probe/``."""
+    one = ProbeReport(rows=rows)
+    written = []
+    for table, name in (("per_class", "per_class.csv"), ("confusions", "confusions.csv")):
+        frame = getattr(one, f"{table}_frame")()
+        if len(frame):
+            written.append(write_frame_csv(frame, details_path(ckpt_path, name)))
+    return written
+
+
+def write_frame_csv(frame: pd.DataFrame, path: str | Path) -> Path:
+    """One table as CSV, atomically."""
+    return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True)
+
+
 def write_table_csv(report: ProbeReport, path: str | Path) -> Path:
     """The comparison table (``ProbeReport.to_frame``) as CSV, atomically."""
-    frame = report.to_frame()
-    return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True)
+    return write_frame_csv(report.to_frame(), path)
+
+
+DETAIL_TABLES = ("few_shot", "subsets", "per_class", "confusions")
+"""The tables beside ``--csv t.csv``: ``t_few_shot.csv``, ``t_subsets.csv``, ... (when measured)."""
+
+
+def detail_csv_path(path: str | Path, table: str) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{table}{path.suffix or '.csv'}")
+
+
+def write_detail_csvs(report: ProbeReport, path: str | Path) -> list[Path]:
+    """Every detail table that holds rows, beside the comparison table ``path``."""
+    written = []
+    for table in DETAIL_TABLES:
+        frame = getattr(report, f"{table}_frame")()
+        if len(frame):
+            written.append(write_frame_csv(frame, detail_csv_path(path, table)))
+    return written
 
 
 def format_table(report: ProbeReport) -> str:
@@ -141,6 +264,30 @@ def format_table(report: ProbeReport) -> str:
     if inv:
         renamed = frame[["model", *inv]].rename(columns={c: c[4:] for c in inv})
         parts += ["", _rich_table(renamed, title="view invariance (mean cosine between views)")]
+    few = report.few_shot_frame()
+    if len(few):
+        shown = few[["model", "shots", "tries", "num_train"]].copy()
+        for col in [c[:-5] for c in few.columns if c.endswith("_mean")]:
+            pairs = zip(few[f"{col}_mean"], few[f"{col}_std"], strict=True)
+            shown[col] = ["-" if m != m else f"{m:.2f} ± {s:.2f}" for m, s in pairs]
+        parts += ["", _rich_table(shown, title="few-shot top-1 (%), mean ± std over tries")]
+        parts.append(
+            "std: sample std (n-1); linear: the chosen head's blocks/avgpool/lr trained on the "
+            "subset with its own number of SGD steps; -: k above the subset size"
+        )
+    subs = report.subsets_frame()
+    if len(subs):
+        title = "--test folders: top-1 (%) with the logits restricted to their classes"
+        parts += ["", _rich_table(subs, title=title)]
+    conf = report.confusions_frame()
+    if len(conf):
+        trained = {r.name for r in report.rows if not r.random_init}
+        conf = conf[conf["model"].isin(trained)].round({"share_of_class": 1, "cost": 2})
+        parts += ["", _rich_table(conf, title="top confusions on val (linear head)")]
+        parts.append(
+            "share_of_class: % of the true class's val images; cost: points of top-1 lost to "
+            "the pair"
+        )
     return "\n".join(parts)
 
 
