@@ -66,10 +66,12 @@ def test_precision_resolves_per_device_and_fp16_gets_a_scaler():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_a_bf16_step_matches_the_fp32_step_per_loss_term(tmp_path):
+@pytest.mark.parametrize("centering", ["softmax", "sinkhorn_knopp"])
+def test_a_bf16_step_matches_the_fp32_step_per_loss_term(tmp_path, centering):
     records, students = {}, {}
     for precision in ("fp32", "bf16"):
-        cfg, stack = _stack(tmp_path / precision, precision)
+        method = [f"train.centering.method={centering}"]
+        cfg, stack = _stack(tmp_path / precision, precision, method)
         _spread_features(stack)
         records[precision] = [stack.step(_batch(cfg, s)).resolve() for s in range(2)]
         students[precision] = {k: v.clone() for k, v in stack.core.student.state_dict().items()}
