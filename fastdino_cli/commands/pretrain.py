@@ -27,7 +27,6 @@ EXAMPLES = examples(
     "fastdino pretrain --preset vitb16-in1k --gpus 8 data.train=/datasets/in1k/train "
     "--out runs/b16",
     "fastdino pretrain --out runs/b16 --resume          # continue a run from its config.yaml",
-    "fastdino pretrain --preset vitb16-in1k --plan --gpus 8 --gpu-mem 80   # memory per GPU",
 )
 
 
