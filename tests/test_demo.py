@@ -137,6 +137,24 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys, monkeypatch):
     ran = sorted(k for k, v in third.items() if v["status"] == "ran" and k != "demo data")
     assert ran == ["corrupt-eval dinov2", "corrupt-eval fastdinov2"]
 
+    # --seeds 2: the seed-0 runs are reused, only the seed-1 runs train and are evaluated, and
+    # the report groups them into two recipes with intervals and a paired difference
+    path = run_demo(out, steps_scale=0.02, seeds=2, **{**kwargs, "settings": more})
+    fourth = json.loads((out / "demo_timings.json").read_text())["steps"]
+    ran = sorted(k for k, v in fourth.items() if v["status"] == "ran" and k != "demo data")
+    evals = ("probe", "corrupt-eval", "fourier-heatmap", "gradcam")
+    expected = [f"{step} {name}-seed1" for step in evals for name in RUNS]
+    assert ran == sorted([*expected, "pretrain demo seed 1", "pretrain demo-dinov2 seed 1"])
+    assert (out / "runs" / "dinov2" / "final.pt").stat().st_mtime == ckpt_mtime
+    seeded = pd.read_csv(path.parent / "recipes.csv")
+    assert set(seeded["recipe"]) == set(RUNS) and (seeded["n"] == 2).all()
+    diff = pd.read_csv(path.parent / "differences.csv")
+    assert diff["paired"].all() and set(diff["recipe"]) == {"fastdinov2"}
+    md = path.read_text()
+    assert "## Recipes over seeds" in md and "## Differences to `dinov2`" in md
+    runs = pd.read_csv(path.parent / "runs.csv")
+    assert list(runs["run"]) == ["dinov2", "dinov2-seed1", "fastdinov2", "fastdinov2-seed1"]
+
 
 def test_demo_cli_forwards_options(monkeypatch, tmp_path):
     import fastdino_cli.report.demo as demo_mod
@@ -144,16 +162,76 @@ def test_demo_cli_forwards_options(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake(out, full=False, steps_scale=1.0):
-        seen.update(out=out, full=full, steps_scale=steps_scale)
+    def fake(out, full=False, steps_scale=1.0, seeds=1):
+        seen.update(out=out, full=full, steps_scale=steps_scale, seeds=seeds)
         return out / "report" / "report.md"
 
     monkeypatch.setattr(demo_mod, "run_demo", fake)
     args = ["demo", "--out", str(tmp_path), "--full", "--steps-scale", "0.5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert seen == {"out": tmp_path, "full": True, "steps_scale": 0.5}
+    assert seen == {"out": tmp_path, "full": True, "steps_scale": 0.5, "seeds": 1}
     assert "report.md" in result.output
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["seeds"] == 3
+    bad = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "0"])
+    assert bad.exit_code == 2 and "--seeds" in bad.output
+
+
+def test_seed_runs_plan():
+    from fastdino_cli.report.demo import RUNS, plan_runs, report_order
+
+    one = plan_runs()
+    assert [(r.name, r.preset, r.seed, r.overrides) for r in one] == [
+        ("dinov2", "demo-dinov2", 0, []),
+        ("fastdinov2", "demo", 0, []),
+    ]  # fmt: skip: seed 0 keeps today's folders and config (an existing demo is reused)
+    assert [r.step_name for r in one] == ["pretrain demo-dinov2", "pretrain demo"]
+    three = plan_runs(3)
+    assert [r.name for r in three] == [
+        "dinov2",
+        "fastdinov2",
+        "dinov2-seed1",
+        "fastdinov2-seed1",
+        "dinov2-seed2",
+        "fastdinov2-seed2",
+    ]  # fmt: skip: seed by seed, so an interrupted demo has whole comparisons first
+    assert three[2].overrides == ["train.seed=1"] and three[5].run_dir("/o").as_posix() == (
+        "/o/runs/fastdinov2-seed2"
+    )
+    assert len({r.step_name for r in three}) == 6  # timings keep one entry per run
+    assert [r.name for r in report_order(three)][:3] == ["dinov2", "dinov2-seed1", "dinov2-seed2"]
+    # a third recipe is one more entry
+    more = plan_runs(2, {**RUNS, "distilled": "demo"})
+    assert [r.name for r in more][3:] == ["dinov2-seed1", "fastdinov2-seed1", "distilled-seed1"]
+
+
+def test_seed_runs_group_as_recipes_in_the_report(tmp_path):
+    """The demo's seed folders are read back as two recipes of N seeds (configs only)."""
+    from fastdino_cli.config import config_to_yaml, resolve_config
+    from fastdino_cli.report.demo import plan_runs, report_order
+    from fastdino_cli.report.read import read_run
+    from fastdino_cli.report.recipes import group_recipes
+
+    runs = report_order(plan_runs(2))
+    for run in runs:
+        run_dir = run.run_dir(tmp_path)
+        run_dir.mkdir(parents=True)
+        ovr = ["train.epoch_length=2", f"train.output_dir={run_dir}", *run.overrides]
+        (run_dir / "config.yaml").write_text(config_to_yaml(resolve_config(run.preset, None, ovr)))
+    recipes = group_recipes([read_run(r.run_dir(tmp_path), r.name) for r in runs])
+    assert [(r.name, r.seeds) for r in recipes] == [("dinov2", [0, 1]), ("fastdinov2", [0, 1])]
+
+
+def test_seeds_refuse_a_seed_override(tmp_path):
+    from fastdino_cli.errors import ConfigError
+    from fastdino_cli.report.demo import plan_runs, run_demo
+
+    with pytest.raises(ConfigError, match="--seeds sets train.seed"):
+        run_demo(tmp_path, seeds=2, overrides=["train.seed=4"])
+    with pytest.raises(ConfigError, match="--seeds 0 must be at least 1"):
+        plan_runs(0)
 
 
 def test_demo_settings_full_means_every_severity(tmp_path):

@@ -20,9 +20,9 @@ from fastdino_cli.train.plan import plan_config
 BATCH = 16
 
 
-def _config(preset: str):
+def _config(preset: str, *extra: str):
     return resolve_config(
-        preset, None, ["train.epoch_length=2", f"train.batch_size_per_gpu={BATCH}"]
+        preset, None, ["train.epoch_length=2", f"train.batch_size_per_gpu={BATCH}", *extra]
     )  # 10 epochs x 2 = 20 steps
 
 
@@ -107,11 +107,18 @@ def _gradcam(run: Path, images: list[Path], classes: list[str], predicted: list[
 
 @pytest.fixture()
 def runs(tmp_path, demo_data):
-    """Run A (baseline, everything), run B (everything), run C (training only)."""
+    """Run A (baseline, everything), run B (everything), run C (training only).
+
+    Three recipes of one seed each: C is B's preset with another learning rate (a run with B's
+    exact config would be a second seed of B's recipe, ``test_report_seeds.py``)."""
     a, b, c = tmp_path / "base", tmp_path / "fast", tmp_path / "bare"
-    for run, preset in ((a, "demo-dinov2"), (b, "demo"), (c, "demo")):
+    for run, preset, extra in (
+        (a, "demo-dinov2", ()),
+        (b, "demo", ()),
+        (c, "demo", ("optim.base_lr=0.003",)),
+    ):
         run.mkdir()
-        (run / "config.yaml").write_text(config_to_yaml(_config(preset)))
+        (run / "config.yaml").write_text(config_to_yaml(_config(preset, *extra)))
     # A: 20 steps in two windows of 10 at 64 and 32 img/s -> 10*16/64 + 10*16/32 = 7.5 s
     _metrics(a / "metrics.jsonl", [(9, 64.0), (19, 32.0)])
     # B: 20 steps at 80 img/s -> 4 s; C: the first 10 steps only at 40 img/s -> 4 s
@@ -155,6 +162,8 @@ def test_report_numbers_equal_inputs(runs, tmp_path):
     a, b, c = runs
     report = build_report([a, b, c], tmp_path / "out")
     md = report.path.read_text()
+    assert [r.name for r in report.recipes] == ["base", "fast", "bare"]
+    assert "One run per recipe: no intervals." in md and not report.has_seeds
     runs_t = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run")
     assert runs_t.loc["base", "wall_clock_s"] == pytest.approx(7.5)
     assert runs_t.loc["fast", "wall_clock_s_rel"] == pytest.approx(4.0 / 7.5 - 1)

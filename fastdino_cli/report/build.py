@@ -11,6 +11,16 @@ The library twin of ``fastdino report``. It reads what ``pretrain``, ``probe``,
     out/corruptions.csv    top-1 per corruption and run (mean over the severities run)
     out/figures/*.png      training curves, corruption bars, Fourier heatmaps, Grad-CAM grid
 
+Runs that differ only in ``train.seed`` are one recipe (``report.recipes``). When a recipe has
+more than one run, the report adds each metric's mean, std and 95% bootstrap interval per recipe
+and each recipe's difference to the baseline (the first run's recipe), with error bars::
+
+    out/run_metrics.csv          every metric per run, with its recipe and seed
+    out/recipes.csv              per recipe and metric: n, mean, std, ci_low, ci_high, seeds
+    out/differences.csv          per recipe and metric: diff to baseline, interval, paired, n
+    out/corruption_intervals.csv per recipe and corruption: mean top-1 over seeds, interval
+    out/figures/recipes.png, differences.png, corruption_intervals.png
+
 A section with nothing to show names the command that fills it. Nothing is computed unless
 ``run_missing=True``, which first runs the missing evaluations (``report.steps``).
 """
@@ -18,7 +28,6 @@ A section with nothing to show names the command that fills it. Nothing is compu
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +36,17 @@ import pandas as pd
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.eval.outputs import check_output_dir
 from fastdino_cli.fileio import atomic_write, write_text
-from fastdino_cli.report.figures import draw_report_figures
+from fastdino_cli.report.figures import draw_recipe_figures, draw_report_figures
+from fastdino_cli.report.markdown import fmt, fmt_flops, fmt_rel, md_table
 from fastdino_cli.report.read import RunData, read_run
+from fastdino_cli.report.recipe_markdown import one_seed_note, recipe_sections
+from fastdino_cli.report.recipe_tables import (
+    corruption_intervals,
+    difference_table,
+    per_run_metrics,
+    recipe_table,
+)
+from fastdino_cli.report.recipes import Recipe, group_recipes, has_seeds
 from fastdino_cli.report.steps import EvalSettings, commands, evaluation_steps
 from fastdino_cli.report.tables import (
     GROUP_NAMES,
@@ -55,6 +73,13 @@ class Report:
     missing: dict[str, list[str]] = field(default_factory=dict)
     """Section -> run labels without data for it."""
     markdown: str = ""
+    recipes: list[Recipe] = field(default_factory=list)
+    """The runs grouped by recipe (seed excluded); the first is the baseline."""
+
+    @property
+    def has_seeds(self) -> bool:
+        """Whether some recipe has several runs (the report shows intervals)."""
+        return has_seeds(self.recipes)
 
 
 def _labels(run_dirs: list[Path]) -> list[str]:
@@ -109,6 +134,15 @@ def build_report(
         "robustness": robustness_table(runs),
         "corruptions": corruption_wide(runs),
     }
+    report.recipes = group_recipes(runs)
+    if report.has_seeds:
+        frame = per_run_metrics(report.recipes, report.tables)
+        report.tables |= {
+            "run_metrics": frame,
+            "recipes": recipe_table(report.recipes, frame),
+            "differences": difference_table(report.recipes, frame),
+            "corruption_intervals": corruption_intervals(report.recipes),
+        }
     for name, table in report.tables.items():
         atomic_write(out / f"{name}.csv", lambda f, t=table: t.to_csv(f, index=False), text=True)
     report.markdown = _render(report, out, settings, timings)
@@ -119,39 +153,6 @@ def build_report(
 # --------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------
-
-
-def fmt(x, digits: int = 1, suffix: str = "") -> str:
-    """A number for a markdown cell: ``-`` when missing."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, int) or (isinstance(x, float) and digits == 0):
-        return f"{x:,.0f}{suffix}"
-    return f"{x:,.{digits}f}{suffix}"
-
-
-def fmt_flops(pflops) -> str:
-    """A FLOP count given in PFLOPs, with an SI prefix (``40.8 T``)."""
-    if pflops is None or not math.isfinite(float(pflops)):
-        return "-"
-    value = float(pflops) * 1e15
-    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9)):
-        if value >= scale:
-            return f"{value / scale:.3g} {prefix}"
-    return f"{value:.3g}"
-
-
-def fmt_rel(x) -> str:
-    """A relative change as a signed percentage."""
-    if x is None or not math.isfinite(float(x)):
-        return "-"
-    return f"{100 * float(x):+.1f}%"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _missing_lines(report: Report, section: str, key: str, runs, settings) -> list[str]:
@@ -176,7 +177,7 @@ def _runs_section(report: Report, settings) -> list[str]:
             [r.run, r.preset, steps, wall, fmt(r.images_per_s), fmt(r.gflops_per_image, 3),
              fmt_flops(r.pflops), fmt_rel(r.wall_clock_s_rel), fmt_rel(r.pflops_rel)]
         )  # fmt: skip
-    lines = ["## Runs", "", _table(header, rows), ""]
+    lines = ["## Runs", "", md_table(header, rows), ""]
     lines.append(
         "Wall-clock is the sum of the logged training windows (restarts not counted); FLOPs "
         "come from `fastdino pretrain --plan` (`train/plan.py`) for the steps done."
@@ -203,7 +204,7 @@ def _probe_section(report: Report, settings) -> list[str]:
              fmt_rel(r.get("linear_rel")), fmt(r.get(f"random_{knn}")),
              fmt(r.get("random_linear"))]
         )  # fmt: skip
-    lines = ["## Probes (top-1 %, frozen teacher features)", "", _table(header, rows), ""]
+    lines = ["## Probes (top-1 %, frozen teacher features)", "", md_table(header, rows), ""]
     lines.append(
         "Linear head chosen on a split held out from train, reported once on val; every k "
         "is in `probe.csv`. Random init: the same architecture untrained."
@@ -219,10 +220,13 @@ def _robustness_section(report: Report, settings, figures: dict[str, Path]) -> l
     first = report.runs[0].label
     cols = ["clean", *GROUP_NAMES, "mean_15", "mean_19"]
     header = ["run", "clean", *GROUP_NAMES, "mean 15", "mean 19", f"mean 19 vs {first}"]
+    mce = [c for c in ("mCE", "relative_mCE") if c in t and t[c].notna().any()]
+    header += [c.replace("_", " ") for c in mce]
     rows = [
-        [r["run"], *[fmt(r[c]) for c in cols], fmt_rel(r["mean_19_rel"])] for _, r in t.iterrows()
+        [r["run"], *[fmt(r[c]) for c in cols], fmt_rel(r["mean_19_rel"]), *[fmt(r[c]) for c in mce]]
+        for _, r in t.iterrows()
     ]
-    lines = ["## Robustness (ImageNet-C corruptions, top-1 %)", "", _table(header, rows), ""]
+    lines = ["## Robustness (ImageNet-C corruptions, top-1 %)", "", md_table(header, rows), ""]
     metas = [r.corrupt_meta for r in report.runs if r.corrupt_meta]
     if metas:
         m = metas[0]
@@ -231,7 +235,13 @@ def _robustness_section(report: Report, settings, figures: dict[str, Path]) -> l
             f"{', '.join(str(s) for s in m.get('severities', []))} of `{m.get('source')}`, "
             "corrupted on the fly; group columns average the corruptions of the group."
         )
-    if "corruption_bars" in figures:
+    if "corruption_intervals" in figures:
+        lines += [
+            "",
+            "![accuracy per corruption, mean over seeds with 95% bootstrap intervals]"
+            f"({figures['corruption_intervals']})",
+        ]
+    elif "corruption_bars" in figures:
         lines += ["", f"![accuracy per corruption]({figures['corruption_bars']})"]
     missing = [r for r in report.runs if r.corrupt_summary is None]
     if missing:
@@ -254,7 +264,7 @@ def _figure_sections(report: Report, settings, figures: dict[str, Path]) -> list
             for r in report.runs
             if r.fourier
         ]
-        lines += ["", _table(["run", "clean error %", "mean error over frequencies %"], rows)]
+        lines += ["", md_table(["run", "clean error %", "mean error over frequencies %"], rows)]
     no_maps = [r for r in report.runs if r.fourier is None]
     lines += _missing_lines(report, "Fourier", "fourier", no_maps, settings)
     lines += ["", "## Grad-CAM (probe's predicted class, one column per run)", ""]
@@ -278,7 +288,7 @@ def _timings_section(timings: dict) -> list[str]:
         rows.append([name, seconds, fmt(t.get("cpu_s"), 1), t.get("status", "")])
     total = timings.get("seconds_all_steps")
     header = ["step", "wall-clock s", "CPU s", "this call"]
-    lines = ["## Pipeline wall-clock", "", _table(header, rows), ""]
+    lines = ["## Pipeline wall-clock", "", md_table(header, rows), ""]
     lines.append(
         f"All steps: {fmt(total / 60 if total else None, 1)} min on {timings.get('cpu_count')} "
         f"CPU(s) of `{timings.get('host')}` ({timings.get('date')}); a reused step shows the "
@@ -288,7 +298,12 @@ def _timings_section(timings: dict) -> list[str]:
 
 
 def _render(report: Report, out: Path, settings: EvalSettings, timings: dict | None) -> str:
-    figures = draw_report_figures(report.runs, out)
+    figures = draw_report_figures(report.runs, out, per_run_bars=not report.has_seeds)
+    if report.has_seeds:
+        t = report.tables
+        figures |= draw_recipe_figures(
+            t["run_metrics"], t["recipes"], t["differences"], t["corruption_intervals"], out
+        )
     report.figures = {k: out / v for k, v in figures.items()}
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -300,6 +315,10 @@ def _render(report: Report, out: Path, settings: EvalSettings, timings: dict | N
         *[f"- `{r.label}`: `{r.run_dir}` (preset `{r.preset}`)" for r in report.runs],
         "",
     ]
+    if report.has_seeds:
+        lines += recipe_sections(report.recipes, report.tables, figures) + [""]
+    elif len(report.runs) > 1:
+        lines += one_seed_note()
     lines += _runs_section(report, settings) + [""]
     lines += _probe_section(report, settings) + [""]
     lines += _robustness_section(report, settings, figures) + [""]

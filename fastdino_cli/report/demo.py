@@ -5,6 +5,7 @@ What ``fastdino demo`` (and ``make demo``) runs, in order::
     demo data            OUT/data/{train,val}/<class>/*.png       (data.demo)
     pretrain x 2         OUT/runs/dinov2 (preset demo-dinov2),    (the baseline first: it is the
                          OUT/runs/fastdinov2 (preset demo)         reference of every change)
+      with --seeds N     OUT/runs/dinov2-seed1, fastdinov2-seed1, ... (train.seed=1 .. N-1)
     probe x 2            RUN/probe.json + the head in RUN/final.pt (kNN, linear, random init)
     corrupt-eval x 2     RUN/corrupt-eval/                        (19 corruptions; severities
                                                                     1,3,5, or 1-5 with full=True)
@@ -29,7 +30,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,53 @@ from fastdino_cli.fileio import write_text
 from fastdino_cli.report.steps import EvalSettings, Step, evaluation_steps
 
 RUNS = {"dinov2": "demo-dinov2", "fastdinov2": "demo"}
-"""Run folder -> preset; the baseline first: the report's relative changes are against it."""
+"""Recipe (the seed-0 run folder) -> preset; the baseline first: the report's relative changes
+and differences are against it. Another recipe is one more entry here."""
 DEFAULT_SEVERITIES = "1,3,5"
 FOURIER_WINDOW = 21
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One pretraining run of the demo: a recipe at one seed."""
+
+    recipe: str
+    preset: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The run folder: the recipe's name for seed 0 (the paths of a one-seed demo), else
+        ``<recipe>-seed<N>``."""
+        return self.recipe if self.seed == 0 else f"{self.recipe}-seed{self.seed}"
+
+    @property
+    def overrides(self) -> list[str]:
+        """``train.seed=N`` for seeds after the first (seed 0 is every preset's default)."""
+        return [] if self.seed == 0 else [f"train.seed={self.seed}"]
+
+    @property
+    def step_name(self) -> str:
+        return f"pretrain {self.preset}" + ("" if self.seed == 0 else f" seed {self.seed}")
+
+    def run_dir(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.name
+
+
+def plan_runs(seeds: int = 1, recipes: Mapping[str, str] = RUNS) -> list[DemoRun]:
+    """Every run of the demo, seed by seed (both recipes of seed 0 first, so an interrupted
+    demo has a complete comparison soonest)."""
+    from fastdino_cli.errors import ConfigError
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds} must be at least 1")
+    return [DemoRun(r, p, s) for s in range(seeds) for r, p in recipes.items()]
+
+
+def report_order(runs: list[DemoRun], recipes: Mapping[str, str] = RUNS) -> list[DemoRun]:
+    """The runs recipe by recipe (the baseline's first), seeds in order: the report's order."""
+    order = list(recipes)
+    return sorted(runs, key=lambda r: (order.index(r.recipe), r.seed))
 
 
 def demo_settings(data: Path, full: bool = False) -> EvalSettings:
@@ -64,7 +110,9 @@ def _last_metrics(run_dir: Path) -> dict[str, Any]:
     return rd.last_metrics(run_dir / rd.METRICS)
 
 
-def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
+def pretrain_step(
+    preset: str, run_dir: Path, overrides: Sequence[str], name: str | None = None
+) -> Step:
     """Pretrain ``preset`` into ``run_dir``; done when final.pt holds the whole schedule."""
     from fastdino_cli.config import resolve_config
 
@@ -99,9 +147,8 @@ def pretrain_step(preset: str, run_dir: Path, overrides: Sequence[str]) -> Step:
         return result
 
     args = " ".join(overrides)
-    return Step(
-        f"pretrain {preset}", done, run, f"fastdino pretrain --preset {preset} {args}".strip()
-    )
+    command = f"fastdino pretrain --preset {preset} {args}".strip()
+    return Step(name or f"pretrain {preset}", done, run, command)
 
 
 def pretrain_detail(run_dir: Path, total: int) -> Callable[[], str]:
@@ -245,17 +292,21 @@ def run_demo(
     val_per_class: int = 16,
     settings: EvalSettings | None = None,
     progress: bool | None = None,
+    seeds: int = 1,
 ) -> Path:
     """Run (or finish) the whole demo in ``out``; returns the path of ``report.md``.
 
     Args:
-        out: folder for the data, the two runs, the logs and the report.
+        out: folder for the data, the runs, the logs and the report.
         full: corrupt-eval at all 5 severities (default 1, 3, 5).
         steps_scale: multiplies ``train.epoch_length`` of both presets (1.0: 500 steps each).
         overrides: extra ``key=value`` config overrides for both pretraining runs.
         data_size, train_per_class, val_per_class: the demo dataset's size.
         settings: evaluation settings (default ``demo_settings``).
         progress: rich display (None: when stdout is a terminal).
+        seeds: runs of each recipe (``train.seed`` 0 .. seeds-1); with more than one the
+            report shows mean, std and 95% bootstrap intervals per recipe. Finished runs are
+            reused, so raising ``seeds`` later trains only the new seeds.
     """
     from fastdino_cli.config import resolve_config
     from fastdino_cli.data.demo import build_demo_dataset, check_replaceable
@@ -268,7 +319,9 @@ def run_demo(
     data = out / "data"
     check_replaceable(data)  # a folder of the user's is refused before anything runs
     settings = settings or demo_settings(data, full)
-    run_dirs = [out / "runs" / name for name in RUNS]
+    runs = plan_runs(seeds)
+    if seeds > 1 and any(o.split("=", 1)[0].strip() == "train.seed" for o in overrides):
+        raise ConfigError("--seeds sets train.seed of each run; leave train.seed out of overrides")
     items: list[tuple[Step, Callable[[], str] | None]] = []
 
     def build_data() -> Any:
@@ -277,14 +330,15 @@ def run_demo(
         )
 
     items.append((Step("demo data", lambda: False, build_data, f"fastdino data demo {data}"), None))
-    for preset, run_dir in zip(RUNS.values(), run_dirs, strict=True):
-        length = max(1, round(resolve_config(preset).iterations_per_epoch * steps_scale))
+    for run in runs:
+        run_dir = run.run_dir(out)
+        length = max(1, round(resolve_config(run.preset).iterations_per_epoch * steps_scale))
         ovr = [f"data.train={data / 'train'}", f"train.epoch_length={length}"]
-        ovr += list(overrides)
-        step = pretrain_step(preset, run_dir, ovr)
-        total = resolve_config(preset, None, ovr).total_iterations
+        ovr += [*overrides, *run.overrides]
+        step = pretrain_step(run.preset, run_dir, ovr, name=run.step_name)
+        total = resolve_config(run.preset, None, ovr).total_iterations
         items.append((step, pretrain_detail(run_dir, total)))
-    per_run = [evaluation_steps(d, name, settings) for d, name in zip(run_dirs, RUNS, strict=True)]
+    per_run = [evaluation_steps(r.run_dir(out), r.name, settings) for r in runs]
     for kind in range(len(per_run[0])):
         items += [(steps[kind], None) for steps in per_run]
     report_dir = out / "report"
@@ -302,6 +356,7 @@ def run_demo(
             write_text(out / "demo_timings.json", json.dumps(record, indent=2) + "\n")
         bar.start("report")
         t0 = time.perf_counter()
+        run_dirs = [r.run_dir(out) for r in report_order(runs)]
         report = build_report(run_dirs, report_dir, settings=settings, timings=record)
         bar.finish("report", time.perf_counter() - t0, "done")
     return report.path

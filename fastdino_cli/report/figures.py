@@ -99,11 +99,15 @@ def gradcam_grid(runs: list[RunData], path: Path) -> tuple[Path | None, list[str
     return plot_gradcam_grid(dataclasses.replace(first, columns=columns), path), left_out
 
 
-def draw_report_figures(runs: list[RunData], out: Path) -> dict[str, Path]:
-    """Every figure the report shows, under ``out/figures``; key -> path relative to ``out``.
+def draw_report_figures(
+    runs: list[RunData], out: Path, per_run_bars: bool = True
+) -> dict[str, Path]:
+    """Every per-run figure the report shows, under ``out/figures``; key -> path relative to
+    ``out``.
 
-    Keys: ``training:<label>`` per run with metrics, ``corruption_bars``, ``fourier``,
-    ``gradcam`` (each only when some run has its data).
+    Keys: ``training:<label>`` per run with metrics, ``corruption_bars`` (unless
+    ``per_run_bars`` is False: with seeds the report draws one bar per recipe instead),
+    ``fourier``, ``gradcam`` (each only when some run has its data).
     """
     figs = out / "figures"
     found: dict[str, Path] = {}
@@ -112,7 +116,7 @@ def draw_report_figures(runs: list[RunData], out: Path) -> dict[str, Path]:
         path = training_curves(run, figs / f"training_{safe}.png")
         if path:
             found[f"training:{run.label}"] = path
-    if bars := corruption_bars(runs, figs / "corruption_bars.png"):
+    if per_run_bars and (bars := corruption_bars(runs, figs / "corruption_bars.png")):
         found["corruption_bars"] = bars
     heat, _ = fourier_side_by_side(runs, figs / "fourier_side_by_side.png")
     if heat:
@@ -120,4 +124,40 @@ def draw_report_figures(runs: list[RunData], out: Path) -> dict[str, Path]:
     cam, _ = gradcam_grid(runs, figs / "gradcam_grid.png")
     if cam:
         found["gradcam"] = cam
+    return {k: v.relative_to(out) for k, v in found.items()}
+
+
+def draw_recipe_figures(
+    frame: pd.DataFrame,
+    recipe_t: pd.DataFrame,
+    diff_t: pd.DataFrame,
+    corr_t: pd.DataFrame,
+    out: Path,
+) -> dict[str, Path]:
+    """The figures of recipes over seeds (error bars: 95% bootstrap intervals), under
+    ``out/figures``; key -> path relative to ``out``.
+
+    Keys: ``recipes`` (every metric per recipe), ``differences`` (each recipe minus the
+    baseline), ``corruption_intervals`` (top-1 per corruption), each when it has data.
+    """
+    from fastdino_cli.figures.recipes import (
+        plot_corruption_intervals,
+        plot_differences,
+        plot_recipe_intervals,
+    )
+
+    figs = out / "figures"
+    found: dict[str, Path] = {}
+    if not recipe_t.empty:
+        found["recipes"] = plot_recipe_intervals(recipe_t, frame, figs / "recipes.png")
+    if not diff_t.empty and diff_t["rel_diff"].astype(float).notna().any():
+        found["differences"] = plot_differences(diff_t, figs / "differences.png")
+    if not corr_t.empty:
+        clean = {}
+        if "clean" in set(recipe_t.get("metric", [])):
+            rows = recipe_t[recipe_t["metric"] == "clean"]
+            clean = dict(zip(rows["recipe"], rows["mean"].astype(float), strict=True))
+        found["corruption_intervals"] = plot_corruption_intervals(
+            corr_t, clean, figs / "corruption_intervals.png"
+        )
     return {k: v.relative_to(out) for k, v in found.items()}

@@ -108,7 +108,8 @@ def _float(x: Any) -> float:
 
 
 def corruption_numbers(run: RunData) -> dict[str, Any] | None:
-    """Clean top-1, mean top-1 per corruption group and over 15 / 19 corruptions (in %)."""
+    """Clean top-1, mean top-1 per corruption group and over 15 / 19 corruptions (in %), and
+    mCE / relative mCE (in %, as corrupt-eval stored them: NaN where they are not defined)."""
     if run.corrupt_summary is None:
         return None
     s = run.corrupt_summary
@@ -120,6 +121,8 @@ def corruption_numbers(run: RunData) -> dict[str, Any] | None:
             out[group] = 100 * float(per_c[group].mean()) if group in per_c.index else math.nan
     out["mean_15"] = 100 * _float(s.get("mean_benchmark"))
     out["mean_19"] = 100 * _float(s.get("mean_all"))
+    out["mCE"] = _float(s.get("mCE"))
+    out["relative_mCE"] = _float(s.get("relative_mCE"))
     return out
 
 
@@ -177,8 +180,8 @@ def probe_table(runs: list[RunData]) -> pd.DataFrame:
 
 
 def robustness_table(runs: list[RunData]) -> pd.DataFrame:
-    """One row per run: clean, per-group and mean corrupted top-1 (%)."""
-    cols = ["clean", *GROUP_NAMES, "mean_15", "mean_19"]
+    """One row per run: clean, per-group and mean corrupted top-1 (%), mCE, relative mCE."""
+    cols = ["clean", *GROUP_NAMES, "mean_15", "mean_19", "mCE", "relative_mCE"]
     rows = [{"run": r.label, **{c: math.nan for c in cols}} for r in runs]
     for row, run in zip(rows, runs, strict=True):
         row.update(corruption_numbers(run) or {})
