@@ -84,9 +84,7 @@ class Trainer:
 
     @property
     def precision(self) -> str:
-        return {"no": "fp32"}.get(
-            self.accelerator.mixed_precision, self.accelerator.mixed_precision
-        )
+        return self.stack.precision.name
 
     def step(self, batch) -> float:
         """One whole step; returns when the device has finished it (its scalars are read)."""

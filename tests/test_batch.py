@@ -77,8 +77,9 @@ def test_plan_cli_prints_the_same_images_epochs_and_flops_for_1_4_8_gpus(capsys)
         code, out, err = run(["pretrain", "--preset", "vits16-in100", "--plan", "--gpus", str(n)],
                              capsys)  # fmt: skip
         assert code == 0, err
-        head, *rest = out.splitlines()
-        assert f"({40 // n}/GPU x {n} GPU)" in head
+        flops, memory = out.split("\n\nmemory per device")  # the memory is per GPU
+        head, *rest = flops.splitlines()
+        assert f"({40 // n}/GPU x {n} GPU)" in head and f"{40 // n} images/GPU" in memory
         texts[n] = rest
     assert texts[1] == texts[4] == texts[8]
     assert texts[1][0].startswith("10,000,000 images = 200 epochs of 50,000 images (1250 steps")

@@ -57,11 +57,21 @@ def pretrain_command(
     overrides: OverridesArg = None,
     plan: Annotated[
         bool,
-        typer.Option("--plan", help="Print steps, crops and FLOPs per stage; train nothing."),
+        typer.Option(
+            "--plan", help="Print steps, crops, FLOPs and peak memory per stage; train nothing."
+        ),
     ] = False,
     compare: Annotated[
         str | None,
         typer.Option("--compare", help="With --plan: another preset, and the FLOPs ratio."),
+    ] = None,
+    gpu_mem: Annotated[
+        float | None,
+        typer.Option(
+            "--gpu-mem",
+            help="With --plan: memory per GPU in GiB (e.g. 80); says whether the per-GPU "
+            "batch fits and what would.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -73,8 +83,8 @@ def pretrain_command(
         cfg = _stored_run_config(out, items, resume)
     else:
         cfg = resolve_config(preset, config, items)
-    if plan or compare or as_json:
-        _plan(cfg, plan, compare, as_json, gpus)
+    if plan or compare or as_json or gpu_mem is not None:
+        _plan(cfg, plan, compare, as_json, gpus, gpu_mem)
         return
     if gpus is not None and gpus > 1 and not launch.already_launched():
         cfg.batch(gpus)  # an indivisible global batch: one line before any process starts
@@ -138,14 +148,21 @@ def _stored_run_config(out: Path | None, items: list[str], resume: bool):
     return _overlay(base, items)
 
 
-def _plan(cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None) -> None:
+def _plan(
+    cfg, plan: bool, compare: str | None, as_json: bool, gpus: int | None, gpu_mem=None
+) -> None:
+    from fastdino_cli.train.memory import plan_memory, render_memory
     from fastdino_cli.train.plan import plan_run, render_plan
 
     if not plan:
-        raise ConfigError("--compare and --json only apply with --plan")
+        raise ConfigError("--compare, --json and --gpu-mem only apply with --plan")
     other = resolve_config(compare) if compare else None
     result = plan_run(cfg, other, gpus=gpus or 1)
-    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
+    memory = plan_memory(cfg, gpus or 1, gpu_mem)
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "memory": memory.to_dict()}, indent=2))
+    else:
+        typer.echo(render_plan(result) + "\n\n" + render_memory(memory, cfg))
 
 
 def _command_line(args: list[str], gpus: int | None) -> str:

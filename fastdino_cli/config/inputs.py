@@ -3,11 +3,24 @@ them (multi-crop geometry and photometric augmentations, DINOv2's values by defa
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from fastdino_cli.config.base import Section
+
+
+def _workers(value: object) -> object:
+    """``data.num_workers``: ``auto`` or a whole number >= 0 (one message for anything else)."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = -1
+    if isinstance(value, bool) or n < 0 or (isinstance(value, float) and value != n):
+        raise ValueError("expected auto or a number of worker processes >= 0")
+    return n
 
 
 class DataConfig(Section):
@@ -17,8 +30,11 @@ class DataConfig(Section):
     """Folder of training images (any tree; labels are not needed), a ``.txt`` list of image
     paths (one per line, e.g. from ``fastdino curate``), or ``demo`` for the embedded demo data.
     Required by ``pretrain``."""
-    num_workers: int = Field(2, ge=0)
-    """Data-loader worker processes per GPU (0: load in the training process)."""
+    num_workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = "auto"
+    """Data-loader worker processes per training process (0: load in the training process);
+    auto: the CPU cores available to this machine's training processes, shared among them,
+    less one each for the training process, at most 16 (0 with one core per process). Run
+    control: changing it never stops a run from resuming."""
     fast_decode: bool = True
     """Decode JPEGs at reduced scale when the crops are small (Pillow ``draft``)."""
     pin_memory: bool = True

@@ -50,7 +50,8 @@ class TrainConfig(Section):
     seed: int = 0
     """Seed of the weights' initialisation, the data order and every augmentation draw."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast precision; auto: bf16 on CUDA when supported, else fp32."""
+    """Autocast precision, honoured on CPU and GPU alike (fp16 adds a dynamic grad scaler);
+    auto: bf16 on CUDA when supported (else fp16), fp32 on the CPU."""
     centering: CenteringConfig = CenteringConfig()
     """How the teacher targets of the DINO and iBOT losses are centred."""
     log_period: int = Field(10, ge=1)
@@ -60,6 +61,11 @@ class TrainConfig(Section):
     """Consecutive non-finite losses tolerated before the run stops."""
     max_steps: int | None = Field(None, ge=1)
     """Stop early after this many iterations (schedules still span the full run)."""
+    trackers: list[Literal["tensorboard", "wandb"]] = []
+    """Live experiment trackers fed the records of ``metrics.jsonl`` at the log period, from
+    the main process (``tensorboard``: event files in ``RUN_DIR/tensorboard``, needs
+    ``pip install 'fastdino[tracking]'``; ``wandb``: needs ``pip install 'fastdino[wandb]'``).
+    Run control: a run resumes with other trackers."""
 
 
 class DistributedConfig(Section):

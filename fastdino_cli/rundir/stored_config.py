@@ -25,6 +25,7 @@ RUN_CONTROL_KEYS = (
     "train.log_period",
     "train.checkpoint_period",
     "train.keep_checkpoints",
+    "train.trackers",
     "data.num_workers",
     "data.pin_memory",
     "data.prefetch_factor",

@@ -4,7 +4,8 @@ tests train with the very same model, optimizer, schedules, step and loader.
 ``build_training(cfg)`` runs, in this order (it is the order of the random draws, so a resumed
 run continues bit for bit)::
 
-    accelerator   build_accelerator(train.precision): CUDA when there is one, autocast
+    accelerator   build_accelerator(): CUDA when there is one
+    precision     build_precision(train.precision): autocast dtype, fp16 grad scaler
     model         torch.manual_seed(train.seed); SSLMetaArch(model, dino, ibot, centering)
                   (with distill.teacher: train/distill.py's DistillMetaArch, frozen teacher in);
                   activation checkpointing, then compile (``step_options``); FSDP2 when several
@@ -12,7 +13,8 @@ run continues bit for bit)::
     optimizer     AdamW over build_param_groups(student, optim), fused per ``optim.fused``
     rng           torch.manual_seed(seed_for(train.seed, rank, TRAINING_STREAM))
     resume        weights, AdamW state, loss centres and RNG from a checkpoint's TrainState
-    prepare       accelerator.prepare (device, DDP) when not sharded; the grad scaler's state
+    prepare       accelerator.prepare (device, DDP) when not sharded
+    scaler        the fp16 grad scaler's state from the checkpoint
     schedules     lr / wd / momentum / teacher temperature for the global batch
     step          TrainStep (restart, schedules, forward, backward, clipping, AdamW, EMA)
 
@@ -38,6 +40,7 @@ from fastdino_cli.seeding import TRAINING_STREAM, seed_for
 from fastdino_cli.ssl.meta import SSLMetaArch
 from fastdino_cli.train import distributed as dist_utils
 from fastdino_cli.train.loader import StepRange, build_loader
+from fastdino_cli.train.precision import Precision, build_precision
 from fastdino_cli.train.resume import Resume
 from fastdino_cli.train.schedules import Schedules, build_param_groups
 from fastdino_cli.train.step import TrainStep
@@ -58,6 +61,8 @@ class TrainingStack:
     schedules: Schedules
     step: TrainStep
     sharded: bool
+    precision: Precision
+    """Autocast dtype and the fp16 grad scaler (``train/precision.py``)."""
 
     @property
     def inner_optimizer(self) -> torch.optim.Optimizer:
@@ -72,19 +77,14 @@ class TrainingStack:
         return self.accelerator.num_processes
 
 
-def build_accelerator(precision: str):
-    """The run's ``Accelerator``: CUDA when there is one, with ``train.precision``'s autocast
-    (``auto``: bf16 where supported, else fp16 with a grad scaler); CPU runs in fp32."""
+def build_accelerator(precision: str = "auto"):
+    """The run's ``Accelerator``: CUDA when there is one. It never autocasts: precision is
+    ``train/precision.py``'s (the same code path on CPU and GPU); ``precision`` is accepted for
+    callers that pass ``train.precision`` and is not used here."""
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        mixed = "no"
-    elif precision == "auto":
-        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    else:
-        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+    del precision
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
 
 
 def build_schedules(cfg: Config, *, world_size: int) -> Schedules:
@@ -135,8 +135,9 @@ def build_optimizer(
 
 def build_training(cfg: Config, *, accelerator=None, resume: Resume | None = None) -> TrainingStack:
     """The training stack of ``cfg`` (see the module docstring), from scratch or continuing
-    ``resume``; ``accelerator`` defaults to ``build_accelerator(train.precision)``."""
-    accelerator = accelerator or build_accelerator(cfg.train.precision)
+    ``resume``; ``accelerator`` defaults to ``build_accelerator()``."""
+    accelerator = accelerator or build_accelerator()
+    precision = build_precision(cfg.train.precision, accelerator.device)
     world, rank = accelerator.num_processes, accelerator.process_index
     model = build_meta_arch(cfg)
     sharded = dist_utils.fsdp_enabled(cfg.distributed, world)
@@ -155,8 +156,8 @@ def build_training(cfg: Config, *, accelerator=None, resume: Resume | None = Non
     if not sharded:
         model.to(accelerator.device)
         prepared, optimizer = accelerator.prepare(model, optimizer)
-    if resume is not None and resume.state.scaler and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(resume.state.scaler)
+    if resume is not None and resume.state.scaler and precision.scaler is not None:
+        precision.scaler.load_state_dict(resume.state.scaler)
     core = accelerator.unwrap_model(prepared)
     core.train()
     schedules = build_schedules(cfg, world_size=world)
@@ -165,11 +166,14 @@ def build_training(cfg: Config, *, accelerator=None, resume: Resume | None = Non
         accelerator=accelerator,
         model=prepared,
         optimizer=optimizer,
+        precision=precision,
         schedules=schedules,
         clip_grad=cfg.optim.clip_grad,
         is_restart=lambda s: is_restart_step(cfg.curriculum, s, total),
     )
-    return TrainingStack(accelerator, prepared, core, optimizer, schedules, step, sharded)
+    return TrainingStack(
+        accelerator, prepared, core, optimizer, schedules, step, sharded, precision
+    )
 
 
 def build_train_loader(

@@ -110,12 +110,13 @@ def resolve_param_dtype(dist_cfg: DistributedConfig, precision: str, device_type
     fp32 on CPU. fp16 parameters would need a sharded gradient scaler, which fastdino does not
     ship: that combination is refused rather than silently trained without loss scaling.
     """
-    if precision == "auto" and device_type == "cuda":
-        # the loop's autocast resolves "auto" to fp16 on GPUs without bf16
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from fastdino_cli.train.precision import resolve_precision_name
+
+    # the loop's autocast resolves "auto" to fp16 on GPUs without bf16, fp32 on the CPU
+    precision = resolve_precision_name(precision, device_type)
     name = dist_cfg.param_dtype
     if name == "auto":
-        name = "fp32" if precision == "auto" else precision
+        name = precision
     if name == "fp16" or precision == "fp16":
         raise ConfigError(
             "fp16 with FSDP2 sharding needs a sharded gradient scaler that fastdino does not "

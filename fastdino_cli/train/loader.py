@@ -9,6 +9,7 @@ curriculum stage of its step inside the workers, and a resumed run continues the
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,45 @@ class StepRange:
     total: int
     rank: int = 0
     world_size: int = 1
+
+
+AUTO_WORKERS_CAP = 16
+"""``data.num_workers: auto`` never starts more workers than this per process: one worker
+builds ~110 (stage 1) / ~45 (stage 2) ViT-S/16 training images per second
+(``benchmarks/results/data_pipeline_cpu.json``), so a fast GPU wants every core it can get, but
+each worker also holds ``data.prefetch_factor`` batches in memory."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask, reduced to the cgroup's CPU quota
+    when a container sets one (``cpu.max``), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def resolve_num_workers(
+    value: int | str, *, cores: int | None = None, local_processes: int | None = None
+) -> int:
+    """``data.num_workers`` as a number. ``auto``: the cores of this machine shared by the
+    training processes on it (``LOCAL_WORLD_SIZE``), less one per process for the training
+    process itself, capped at ``AUTO_WORKERS_CAP``; 0 (load in the training process) when a
+    process has a single core."""
+    if value != "auto":
+        return int(value)
+    cores = available_cores() if cores is None else cores
+    if local_processes is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    per_process = cores // max(1, local_processes)
+    return 0 if per_process <= 1 else min(AUTO_WORKERS_CAP, per_process - 1)
 
 
 def _leave_stop_signals_to_the_main_process(_worker_id: int) -> None:
@@ -90,7 +130,7 @@ def build_loader(
         mean=crops.mean,
         std=crops.std,
     )
-    workers = data.num_workers
+    workers = resolve_num_workers(data.num_workers)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -61,12 +61,13 @@ from fastdino_cli.train.build import (
     build_training,
 )
 from fastdino_cli.train.distill import resolve_distill
-from fastdino_cli.train.loader import StepRange
+from fastdino_cli.train.loader import StepRange, resolve_num_workers
 from fastdino_cli.train.progress import ProgressReporter
 from fastdino_cli.train.resume import decide_start
 from fastdino_cli.train.settle import Settler, TrainingDiverged
 from fastdino_cli.train.signals import StopSignals
 from fastdino_cli.train.step import PendingStep
+from fastdino_cli.train.tracking import open_trackers
 
 __all__ = ["RunResult", "TrainingDiverged", "pretrain"]
 
@@ -178,6 +179,9 @@ def _run(cfg: Config, run_dir: Path, accelerator, resume, force_config, progress
         global_batch=cfg.batch(steps.world_size).global_batch,
         rich=progress,
         enabled=main,
+        trackers=open_trackers(
+            cfg.train.trackers, run_dir, start=steps.start, config=cfg.to_dict(), enabled=main
+        ),
     )
     with reporter:
         outcome = _train(stack, loader, reporter, cfg, run_dir, steps, bad)
@@ -247,13 +251,14 @@ def _train(
         latest=run_dir / rd.CHECKPOINT,
     )
     outcome = _Outcome(steps.start)
+    in_process = resolve_num_workers(cfg.data.num_workers) == 0  # no loader workers
     pending: PendingStep | None = None  # queued on the device, not yet settled on the host
     with StopSignals() as signals:
         it = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
-                with _single_threaded(cfg.data.num_workers == 0):
+                with _single_threaded(in_process):
                     batch = next(it)
             except StopIteration:
                 break
@@ -382,7 +387,7 @@ def _save_resumable(
     if not stack.accelerator.is_main_process:
         dist_utils.barrier()
         return
-    scaler = stack.accelerator.scaler
+    scaler = stack.precision.scaler
     state = TrainState(
         step=step,
         stage=stage,

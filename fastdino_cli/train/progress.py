@@ -2,8 +2,10 @@
 
 Every ``log_period`` iterations (and at the first step, the last step and each stage start) one
 JSON object is appended to ``metrics.jsonl`` (through ``rundir.MetricsWriter``, the log's one
-writer) with the scheduled values, each loss term, gradient norms, images/s and the fraction of
-the window spent waiting for data. On a terminal a rich progress bar shows ETA, loss and
+writer) with the scheduled values, each loss term, gradient norms, images/s, the fraction of the
+window spent waiting for data and the number of non-finite (skipped) steps in the window
+(``non_finite``). The same record goes to the live trackers of ``train.trackers``
+(``train/tracking.py``). On a terminal a rich progress bar shows ETA, loss and
 images/s; otherwise the same record is printed as one plain line. Events of the run (a skipped
 image, a skipped step) are one ``fastdino: ...`` line each on stderr (``note``), never a Python
 warning with its source line.
@@ -18,6 +20,7 @@ from typing import Any
 
 from fastdino_cli import console
 from fastdino_cli.rundir import MetricsWriter
+from fastdino_cli.train.tracking import Trackers
 
 
 class ProgressReporter:
@@ -34,6 +37,7 @@ class ProgressReporter:
         global_batch: int,
         rich: bool | None = None,
         enabled: bool = True,
+        trackers: Trackers | None = None,
     ) -> None:
         self.path = metrics_path
         self.start, self.stop, self.total = start, stop, total
@@ -45,6 +49,8 @@ class ProgressReporter:
         self._win_t0 = time.perf_counter()
         self._win_steps = 0
         self._win_wait = 0.0
+        self._win_bad = 0
+        self.trackers = trackers or Trackers([])
         self._t_start = time.perf_counter()
         self._bar = None
         self._file = None
@@ -62,6 +68,7 @@ class ProgressReporter:
         """Account one finished iteration; log it when due."""
         self._win_steps += 1
         self._win_wait += wait
+        self._win_bad += 0 if record.get("finite", True) else 1
         step = record["step"]
         due = (
             (step + 1) % self.log_period == 0
@@ -78,13 +85,15 @@ class ProgressReporter:
         record = dict(record)  # plain values already (``train.step.PendingStep.resolve``)
         record["images_per_s"] = self._win_steps * self.global_batch / elapsed
         record["data_wait"] = min(1.0, self._win_wait / elapsed)
+        record["non_finite"] = self._win_bad
         record["time"] = time.time()
-        self._win_t0, self._win_steps, self._win_wait = now, 0, 0.0
+        self._win_t0, self._win_steps, self._win_wait, self._win_bad = now, 0, 0.0, 0
         self.last = record
         if not self.enabled:
             return
         if self._file is not None:
             self._file.append(record)
+        self.trackers.log(record)
         info = console.progress_fields(
             stage=record["stage"],
             size=record["global_crops_size"],
@@ -109,6 +118,7 @@ class ProgressReporter:
         console.note(message)
 
     def __exit__(self, *exc: object) -> None:
+        self.trackers.close()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

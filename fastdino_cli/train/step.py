@@ -11,7 +11,12 @@ of the step. Inside ``TrainStep.__call__`` therefore:
   kernel, which then leaves parameters, moments and step counts untouched; it also gates the
   EMA (``SSLMetaArch.update_teacher(apply=...)``) and puts the loss centres back as they were
   before the forward (``revert_loss_state``): a skipped step leaves no trace.
-  With fp16 the grad scaler skips the optimizer step the same way (a NaN loss makes NaN grads).
+  With fp16 (``train/precision.py``) the grad scaler also skips steps whose LOSS is finite but
+  whose scaled gradients overflowed (the loss scale is too high; it halves): the step is then
+  not applied either (weights, AdamW moments, EMA and centres unchanged) but it is not a
+  non-finite loss: it is reported as ``applied: false`` and does not count towards
+  ``train.max_bad_steps`` (the first steps of an fp16 run normally overflow a few times while
+  the scale settles).
 - every scalar the loop reports (loss terms, gradient norms, the finite flag, whether any rank
   asked to stop) is stacked into ONE vector and copied to (pinned) host memory without waiting.
   ``PendingStep.resolve()`` waits for that copy alone, which the loop does one step later, once
@@ -37,8 +42,10 @@ Per iteration::
     restart?   -> AdamW state cleared (a curriculum stage that restarts the schedules)
     schedules  -> lr / wd per group, teacher temperature, EMA momentum
     forward    -> loss, metrics (autocast);  flags = [finite, not stop] MIN over ranks
-    backward, per-sub-module clipping, AdamW step (skipped on the device when not finite)
-    EMA of the teacher (unchanged when not finite); norm of the student's parameters
+    backward (scaled with fp16), unscale, per-sub-module clipping, AdamW step (skipped on the
+               device when not finite, or by the scaler when the gradients overflowed)
+    centres put back and EMA of the teacher gated by the same "applied" flag; norm of the
+               student's parameters
     one asynchronous copy of every scalar to the host  -> PendingStep
 """
 
@@ -53,6 +60,7 @@ from torch import Tensor
 
 from fastdino_cli.data.masking import MultiCropBatch
 from fastdino_cli.train import distributed as dist_utils
+from fastdino_cli.train.precision import Precision
 from fastdino_cli.train.schedules import (
     Schedules,
     ScheduleValues,
@@ -60,7 +68,7 @@ from fastdino_cli.train.schedules import (
     clip_grad_norms,
 )
 
-_FINITE, _GO, _WEIGHTS = "finite", "_no_stop", "_weights_finite"
+_FINITE, _GO, _WEIGHTS, _APPLIED = "finite", "_no_stop", "_weights_finite", "_applied"
 
 
 @dataclass
@@ -82,7 +90,9 @@ class PendingStep:
 
         ``finite``: the step was applied on every rank; ``stop_requested``: some rank asked to
         stop when the step was queued (SIGTERM), the same answer on every rank;
-        ``weights_finite``: the student's weights after the step are finite on every rank.
+        ``weights_finite``: the student's weights after the step are finite on every rank;
+        ``applied``: the update was applied (False on a non-finite loss, and with fp16 when the
+        grad scaler skipped an overflow).
         """
         if self.ready is not None:
             self.ready.synchronize()
@@ -90,6 +100,7 @@ class PendingStep:
         no_stop = scalars.pop(_GO)
         finite = scalars.pop(_FINITE) > 0
         weights = scalars.pop(_WEIGHTS) > 0
+        applied = scalars.pop(_APPLIED, 1.0) > 0
         v = self.values
         return {
             "step": self.step,
@@ -101,6 +112,7 @@ class PendingStep:
             "teacher_temp": v.teacher_temp,
             **scalars,
             "finite": finite,
+            "applied": finite and applied,
             "stop_requested": no_stop <= 0,
             "weights_finite": weights,
         }
@@ -148,9 +160,10 @@ class TrainStep:
 
     Args:
         accelerator: the ``accelerate.Accelerator`` the model and optimizer were prepared with
-            (autocast, backward, grad scaler).
+            (device, backward).
         model: the prepared (or FSDP-sharded) ``SSLMetaArch``; its ``forward`` is called.
         optimizer: the prepared AdamW.
+        precision: autocast dtype and the fp16 grad scaler (None: fp32).
         schedules: lr / wd / momentum / teacher temperature by iteration.
         clip_grad: per-sub-module gradient clipping norm (None: no clipping).
         is_restart: whether an iteration opens a schedule segment (AdamW state cleared).
@@ -162,6 +175,7 @@ class TrainStep:
         accelerator,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
+        precision: Precision | None = None,
         schedules: Schedules,
         clip_grad: float | None,
         is_restart: Callable[[int], bool],
@@ -174,7 +188,9 @@ class TrainStep:
         self.schedules = schedules
         self.clip_grad = clip_grad
         self.is_restart = is_restart
-        scaler = accelerator.scaler is not None
+        self.precision = precision or Precision("fp32", accelerator.device.type)
+        self.scaler = self.precision.scaler
+        scaler = self.scaler is not None
         fused = bool(getattr(self.inner, "_step_supports_amp_scaling", False))
         self.sets_found_inf = fused and not scaler
         """We hand the fused kernel the skip flag ourselves (with a scaler, the scaler does)."""
@@ -190,7 +206,7 @@ class TrainStep:
         apply_schedule(self.optimizer, values)
         batch = batch.to(self.accelerator.device)
         centres = self.core.loss_state_dict()  # the forward moves them; a skip puts them back
-        with self.accelerator.autocast():
+        with self.precision.autocast():
             loss, metrics = self.model(batch, teacher_temp=values.teacher_temp)
         loss_ = loss.detach()
         flags = torch.stack(
@@ -202,30 +218,49 @@ class TrainStep:
         flags = dist_utils.min_over_ranks(flags)  # every rank skips / stops at the same step
         metrics = dist_utils.mean_over_ranks(metrics)  # global-batch values
         finite = flags[0] > 0
-        self.core.revert_loss_state(centres, where=~finite)
+        applied = finite
         apply = self.skips_on_device or bool(finite)  # host read only where it is free
         norms: dict[str, Tensor] = {}
         if apply:
-            self.accelerator.backward(loss)
-            if self.accelerator.scaler is not None:
-                self.accelerator.unscale_gradients(self.optimizer)
+            scaler = self.scaler
+            self.accelerator.backward(scaler.scale(loss) if scaler is not None else loss)
+            if scaler is not None:
+                scaler.unscale_(self.inner)
             norms = clip_grad_norms(dict(self.core.student.items()), self.clip_grad)
+            if scaler is not None:  # the scaler skips an overflow: so do the EMA and centres
+                applied = finite & torch.isfinite(sum(norms.values(), torch.zeros(())))
             self._optimizer_step(finite)
+        self.core.revert_loss_state(centres, where=~applied)
         self.optimizer.zero_grad(set_to_none=True)  # before the EMA: its temporaries reuse it
         if apply:
             self.core.update_teacher(
-                values.momentum, apply=finite if self.skips_on_device else None
+                values.momentum, apply=applied if self.skips_on_device else None
             )
         scalars = {
             **metrics,
             **{f"grad_norm_{k}": v for k, v in norms.items()},
+            **self._scaler_scalars(applied),
             _WEIGHTS: weights_finite(self.core.student),
             _FINITE: flags[0],
             _GO: flags[1],
         }
         return to_host_async(scalars, step, values)
 
+    def _scaler_scalars(self, applied: Tensor) -> dict[str, Tensor]:
+        """With fp16: whether the scaler applied the step, and the loss scale it will use next
+        (the scale is a device tensor inside the scaler: read with the other scalars)."""
+        if self.scaler is None:
+            return {}
+        scale = getattr(self.scaler, "_scale", None)
+        if scale is None:
+            scale = torch.full((), self.scaler.get_scale())
+        return {_APPLIED: applied.to(torch.float32), "loss_scale": scale}
+
     def _optimizer_step(self, finite: Tensor) -> None:
+        if self.scaler is not None:  # skips on found_inf (fused: on the device), then rescales
+            self.scaler.step(self.inner)
+            self.scaler.update()
+            return
         if not self.sets_found_inf:
             self.optimizer.step()
             return
