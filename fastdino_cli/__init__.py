@@ -4,4 +4,4 @@ Every subcommand of the ``fastdino`` CLI is a thin wrapper around one library fu
 package, so a notebook can call the same code with the same arguments.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
