@@ -15,7 +15,6 @@ import yaml
 
 from fastdino_cli import checkpoint as ckpt_io
 from fastdino_cli import rundir as rd
-from fastdino_cli.cli import main
 from fastdino_cli.config import (
     Config,
     TrainConfig,
@@ -28,6 +27,7 @@ from fastdino_cli.config import (
 from fastdino_cli.errors import ConfigError
 from fastdino_cli.train.build import build_schedules
 from fastdino_cli.train.plan import plan_config, plan_run, render_plan
+from tests.cli_run import run
 
 PAPER = {  # preset: (global batch, images per epoch, iterations per epoch), from the reference
     "vits16-in100": (40, 50_000, 1250),
@@ -35,16 +35,6 @@ PAPER = {  # preset: (global batch, images per epoch, iterations per epoch), fro
     "vitb16-in1k": (512, 1_280_000, 2500),
     "vitb16-in1k-dinov2": (512, 1_280_000, 2500),
 }
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ---- the same recipe on any number of GPUs ---------------------------------------------------

@@ -10,6 +10,7 @@ import yaml
 from fastdino_cli import checkpoint as ckpt_mod
 from fastdino_cli.cli import main
 from fastdino_cli.config import load_config_yaml, resolve_config
+from tests.cli_run import run
 
 SUBCOMMANDS = (
     "pretrain",
@@ -22,16 +23,6 @@ SUBCOMMANDS = (
     "data",
     "curate",
 )
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_help_lists_every_subcommand(capsys):

@@ -15,24 +15,14 @@ from curate_helpers import fake_embedder, scenario, single_threaded
 from PIL import Image
 from probe_helpers import tiny_checkpoint
 
-from fastdino_cli.cli import main
 from fastdino_cli.curate import embed
 from fastdino_cli.curate import index as index_mod
 from fastdino_cli.data.images import read_image_list, resolve_root, scan_images
 from fastdino_cli.errors import DataError
+from tests.cli_run import run
 
 pytestmark = pytest.mark.usefixtures(single_threaded.__name__)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(argv, capsys):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(code: int, err: str, *needles: str) -> None:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastdino_cli.cli import main
 from fastdino_cli.config import HeadConfig, ModelConfig, list_presets, resolve_config
 from fastdino_cli.data.masking import stratified_masks
 from fastdino_cli.model.vit import build_vit
@@ -25,17 +24,7 @@ from fastdino_cli.train.flops import (
     masked_patches_per_image,
 )
 from fastdino_cli.train.plan import plan_run, render_plan
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
+from tests.cli_run import run
 
 # ---- counted from the model == analytic formula ------------------------------------------------
 

@@ -10,7 +10,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fastdino_cli import checkpoint as ck
-from fastdino_cli.cli import main
 from fastdino_cli.config import ModelConfig
 from fastdino_cli.errors import CheckpointError
 from fastdino_cli.interop import (
@@ -21,6 +20,7 @@ from fastdino_cli.interop import (
     timm_model_name,
 )
 from fastdino_cli.model.vit import ARCHS, build_vit, build_vit_from_arch
+from tests.cli_run import run
 
 TINY = {"embed_dim": 32, "depth": 3, "num_heads": 4, "ffn": "mlp"}
 
@@ -218,16 +218,6 @@ def test_bad_files(tiny_arch, tmp_path):
         export_checkpoint(out, tmp_path / "m.pt", format="timm")
     with pytest.raises(CheckpointError, match="not one of timm, dinov2"):
         export_checkpoint(out, tmp_path / "m.onnx", format="onnx")
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_import_export(tiny_arch, tmp_path, capsys):

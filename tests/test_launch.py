@@ -7,19 +7,9 @@ import sys
 import pytest
 import yaml
 
-from fastdino_cli.cli import main
 from fastdino_cli.train import launch
 from fastdino_cli.train.loop import RunResult
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.cli_run import run
 
 
 @pytest.fixture

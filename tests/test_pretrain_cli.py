@@ -6,20 +6,10 @@ import json
 
 import pytest
 
-from fastdino_cli.cli import main
 from fastdino_cli.train.loop import RunResult
+from tests.cli_run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_pretrain_forwards_config_and_flags(monkeypatch, tmp_path, capsys):

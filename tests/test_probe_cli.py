@@ -11,18 +11,9 @@ from typer.testing import CliRunner
 
 import fastdino_cli.eval.probe.run as probe_lib
 from fastdino_cli import checkpoint as ck
-from fastdino_cli.cli import app, main
+from fastdino_cli.cli import app
+from tests.cli_run import run
 from tests.probe_helpers import one_thread, tiny_checkpoint  # noqa: F401
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_options_are_forwarded_to_run_probe(monkeypatch, tmp_path):
