@@ -13,8 +13,11 @@ from fastdino_cli.eval.features import Features
 from fastdino_cli.model.vit import build_vit
 
 
-def tiny_checkpoint(path: Path, *, seed: int = 7, img_size: int = 32, depth: int = 4) -> Path:
-    """A random-init ViT (width 32, patch 8) saved in the fastdino format."""
+def tiny_checkpoint(
+    path: Path, *, seed: int = 7, img_size: int = 32, depth: int = 4, registers: int = 0
+) -> Path:
+    """A random-init ViT (width 32, patch 8) saved in the fastdino format: the one tiny
+    checkpoint of the evaluation tests (probe, Grad-CAM, ...)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
         arch="vit_tiny",
@@ -23,6 +26,7 @@ def tiny_checkpoint(path: Path, *, seed: int = 7, img_size: int = 32, depth: int
         embed_dim=32,
         depth=depth,
         num_heads=2,
+        num_register_tokens=registers,
         layerscale_init=None,  # DINOv2's 1e-5 makes a random-init CLS ignore the image
     )
     model = build_vit(cfg)

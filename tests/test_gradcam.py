@@ -30,6 +30,7 @@ from fastdino_cli.eval.gradcam.result import load_gradcam
 from fastdino_cli.eval.gradcam.run import run_gradcam
 from fastdino_cli.figures.gradcam import draw_gradcam
 from fastdino_cli.model.vit import build_vit
+from tests import probe_helpers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -254,25 +255,10 @@ def test_map_mass_concentrates_on_the_region_the_prediction_reads(method, least)
 
 
 def tiny_checkpoint(path, *, seed: int = 0, depth: int = 2):
-    """A random-init ViT checkpoint (width 32, patch 8, 2 registers). No LayerScale: with the
-    1e-5 init every random embedding is nearly the same vector and cosine targets saturate."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        arch="vit_tiny",
-        patch_size=8,
-        img_size=32,
-        embed_dim=32,
-        depth=depth,
-        num_heads=2,
-        num_register_tokens=2,
-        layerscale_init=None,
-    )
-    vit = build_vit(cfg)
-    teacher = {f"backbone.{k}": v.clone() for k, v in vit.state_dict().items()}
-    ckpt = ck.make_checkpoint(
-        config={"model": cfg.model_dump(mode="python")}, arch=vit.arch_dict(), teacher=teacher
-    )
-    return ck.save(ckpt, path)
+    """The evaluation tests' tiny checkpoint with 2 registers (the reshape drops them). No
+    LayerScale: with the 1e-5 init every random embedding is nearly the same vector and cosine
+    targets saturate."""
+    return probe_helpers.tiny_checkpoint(path, seed=seed, depth=depth, registers=2)
 
 
 def with_probe(path, class_names, seed=0):
