@@ -16,7 +16,11 @@ from fastdino_cli.errors import ConfigError, DataError, FastdinoError
 from fastdino_cli.eval.outputs import check_output_dir
 from fastdino_cli.fileio import save_figure
 
-LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
+LOSS_TERMS = (
+    "loss", "dino_global", "dino_local", "ibot", "koleo", "distill_cls", "distill_patch"
+)  # fmt: skip
+"""Every loss term a run may log (feature distillation logs the last two); absent ones are
+skipped."""
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
@@ -100,7 +104,7 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.plot(df["step"], df[term], label=term, lw=1.8 if term == "loss" else 1.0)
     ax.set_ylabel("loss")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(ncol=len(LOSS_TERMS), fontsize=8, loc="lower left")
+        ax.legend(ncol=sum(t in df for t in LOSS_TERMS), fontsize=8, loc="lower left")
     ax = axes[1]
     if "lr" in df:
         ax.plot(df["step"], df["lr"], color="tab:purple", label="lr")
