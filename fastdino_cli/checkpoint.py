@@ -99,11 +99,15 @@ def save(ckpt: Mapping[str, Any], path: str | Path) -> Path:
         ) from e
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(
+    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
     """Read a fastdino checkpoint safely (``weights_only=True``) and check its format.
 
     Every failure is a one-line ``CheckpointError``: missing file, not a torch file, truncated,
     a pickle that would need arbitrary code, a foreign dict, or a newer format version.
+    ``mmap``: map the tensors from the file instead of reading them (a zip checkpoint only), for
+    a caller that reads a large file several times or needs only some of its tensors.
     """
     path = Path(path)
     if not path.exists():
@@ -121,7 +125,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             "pass a .pt file written by fastdino"
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(
+            path, map_location=map_location, weights_only=True, mmap=mmap and magic[:2] == b"PK"
+        )
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f"it references {found.group(1)}" if found else "unsafe content"

@@ -32,6 +32,7 @@ from fastdino_cli.train.flops import (
     VitDims,
     counted_backbone_flops,
     counted_head_flops,
+    image_cost,
 )
 
 
@@ -40,9 +41,12 @@ def _where(cfg: Config) -> str:
 
 
 def load_teacher_checkpoint(cfg: Config) -> dict[str, Any]:
-    """The teacher checkpoint of ``cfg`` (``checkpoint.load``); errors name the key."""
+    """The teacher checkpoint of ``cfg`` (``checkpoint.load``); errors name the key.
+
+    Memory-mapped: the loop, the build and every stage of ``--plan`` read it, and the plan needs
+    only its arch and head shapes, so a ViT-L teacher is not read into memory each time."""
     try:
-        ckpt = ckpt_io.load(cfg.distill.teacher)
+        ckpt = ckpt_io.load(cfg.distill.teacher, mmap=True)
     except CheckpointError as e:
         raise ConfigError(f"{_where(cfg)}: {e}") from None
     if not ckpt_io.sub_state_dict(ckpt.get("teacher") or {}, "backbone"):
@@ -169,8 +173,14 @@ def distill_image_cost(cfg: Config, global_size: int, local_size: int) -> ImageC
     t_dim = VitDims.from_config(teacher).embed_dim
     train = 1.0 + BACKWARD_FACTOR
     g = 1e-9
-    fwd_g = counted_backbone_flops(cfg.model, global_size)
-    fwd_l = counted_backbone_flops(cfg.model, local_size) if n_local else 0
+    student = image_cost(  # the student's backbone costs what it costs in any run
+        model=cfg.model,
+        dino=cfg.dino,
+        ibot=cfg.ibot,
+        local_crops_number=n_local,
+        global_size=global_size,
+        local_size=local_size,
+    )
     if cfg.distill.mode == "heads":
         ibot_s = cfg.ibot.head if cfg.ibot.separate_head else cfg.dino.head
         s_heads = (N_GLOBAL_CROPS + n_local) * counted_head_flops(s_dim, cfg.dino.head)
@@ -182,7 +192,7 @@ def distill_image_cost(cfg: Config, global_size: int, local_size: int) -> ImageC
         s_heads = (N_GLOBAL_CROPS + n_local + patches) * 2 * s_dim * t_dim
         t_heads = 0
     return ImageCost(
-        student_backbone=g * train * (N_GLOBAL_CROPS * fwd_g + n_local * fwd_l),
+        student_backbone=student.student_backbone,
         student_heads=g * train * s_heads,
         teacher_backbone=g * N_GLOBAL_CROPS * counted_backbone_flops(teacher, grid * p_t),
         teacher_heads=g * t_heads,
