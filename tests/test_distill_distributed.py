@@ -4,11 +4,6 @@ tolerance of ``tests/test_distributed.py``, whose helpers and worker this reuses
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from fastdino_cli import checkpoint as ckpt_io
@@ -17,12 +12,11 @@ from fastdino_cli.train.loop import pretrain
 from tests.test_distributed import (
     GLOBAL_BATCH,
     METRIC_KEYS,
-    ROOT,
     TOL,
-    _free_port,
     _max_diff,
     _rows,
     overrides,
+    two_workers,
 )
 
 STUDENT = ["model.embed_dim=16", "model.depth=1", "model.patch_size=4"]
@@ -40,21 +34,7 @@ def test_two_process_distillation_matches_one_process(tmp_path, demo_data):
     distill = [*STUDENT, f"distill.teacher={teacher_dir / 'final.pt'}"]
     two, one = tmp_path / "two", tmp_path / "one"
     jobs = [{"overrides": overrides(two, data, GLOBAL_BATCH // 2, distill)}]
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(ROOT / "tests" / "_distributed_worker.py"),
-        str(tmp_path / "jobs.json"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("FASTDINO_LAUNCHED", None)
-    with open(tmp_path / "torchrun.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with two_workers(tmp_path, jobs) as proc:
         pretrain(resolve_config(None, None, overrides(one, data, GLOBAL_BATCH, distill)),
                  progress=False)  # fmt: skip
         rc = proc.wait(timeout=300)

@@ -19,12 +19,14 @@ draws are per process, so it is 0 here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def two_workers(base: Path, jobs: list[dict]) -> Iterator[subprocess.Popen]:
+    """Run ``jobs`` in two gloo processes (``tests/_distributed_worker.py``) while the caller's
+    block runs its single-process reference; the output goes to ``base/torchrun.log``."""
+    (base / "jobs.json").write_text(json.dumps(jobs))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(ROOT / "tests" / "_distributed_worker.py"),
+        str(base / "jobs.json"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("FASTDINO_LAUNCHED", None)
+    with open(base / "torchrun.log", "w") as log:
+        yield subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
 def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -137,21 +160,7 @@ def runs(tmp_path_factory, demo_data):
             "start_from": [str(step2(a16)), str(b16)],
         },
     ]
-    (base / "jobs.json").write_text(json.dumps(jobs))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(ROOT / "tests" / "_distributed_worker.py"),
-        str(base / "jobs.json"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("FASTDINO_LAUNCHED", None)
-    with open(base / "torchrun.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with two_workers(base, jobs) as proc:
         # the single-process reference trains while the two workers run
         pretrain(resolve_config(None, None, overrides(r, data, GLOBAL_BATCH)), progress=False)
         pretrain(
