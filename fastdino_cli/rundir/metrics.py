@@ -10,7 +10,7 @@ itself to the next record.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,15 +18,22 @@ from fastdino_cli.errors import DataError
 from fastdino_cli.fileio import write_text
 
 
-def _records(text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(line, record) of every complete record in ``text``, in file order."""
-    for line in text.splitlines():
+def _records(
+    text: str, bad: Callable[[int, str], None] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(line, record) of every complete record in ``text``, in file order. A line cut by a crash
+    (not JSON) is skipped; a whole JSON line that is no record (no integer ``step``) is skipped
+    too, or handed to ``bad(line number, line)`` when given."""
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
             continue  # a line cut by a crash
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
             yield line, record
+        elif bad is not None:
+            bad(number, line)
 
 
 _NOT_A_LOG = "pass a run directory written by `fastdino pretrain` (its metrics.jsonl)"
@@ -47,20 +54,15 @@ def read_metrics(path: Path, strict: bool = False) -> list[dict[str, Any]]:
         if not strict:
             return []
         raise DataError(f"{path} is not a metrics log (not text); {_NOT_A_LOG}") from None
-    if strict:
-        for number, line in enumerate(text.splitlines(), start=1):
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
-                continue
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, bool) or not isinstance(step, int):
-                short = line.strip() if len(line.strip()) <= 40 else line.strip()[:37] + "..."
-                raise DataError(
-                    f"{path} line {number} is not a metrics record (no integer 'step': "
-                    f"{short}); {_NOT_A_LOG}"
-                )
-    return [record for _, record in _records(text)]
+
+    def not_a_record(number: int, line: str) -> None:
+        short = line.strip() if len(line.strip()) <= 40 else line.strip()[:37] + "..."
+        raise DataError(
+            f"{path} line {number} is not a metrics record (no integer 'step': {short}); "
+            f"{_NOT_A_LOG}"
+        )
+
+    return [record for _, record in _records(text, not_a_record if strict else None)]
 
 
 def last_metrics(path: Path) -> dict[str, Any]:
